@@ -1,0 +1,1 @@
+"""zmqbalance: a balance engine over ZeroMQ and msgpack."""
