@@ -1,0 +1,135 @@
+"""The ``zmqbalance`` command line: ``serve`` and one subcommand per client op."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from zmqbalance.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
+from zmqbalance.errors import ZmqBalanceError
+from zmqbalance.server import (
+    DEFAULT_BIND,
+    DEFAULT_QUEUE_MAX,
+    DEFAULT_SCALE,
+    DEFAULT_WORKERS,
+    TEST_HOOKS_VARIABLE,
+    Config,
+    Server,
+)
+
+log = logging.getLogger("zmqbalance")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zmqbalance", description="A balance engine over ZeroMQ and msgpack."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the engine")
+    serve.add_argument(
+        "--bind", default=DEFAULT_BIND, help="front-end address (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help="worker threads (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--scale",
+        type=int,
+        default=DEFAULT_SCALE,
+        help="digits after the point in amounts and balances (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--allow-negative", action="store_true", help="let debits take a balance below zero"
+    )
+    serve.add_argument(
+        "--queue-max",
+        type=int,
+        default=DEFAULT_QUEUE_MAX,
+        help="commands queued per worker before new ones get 'busy' (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default: %(default)s)",
+    )
+
+    for name, help_text in (("plus-funds", "credit an account"), ("sub-funds", "debit an account")):
+        change = commands.add_parser(name, help=help_text)
+        change.add_argument("account")
+        change.add_argument("amount", help="decimal amount, e.g. 12.50")
+        change.add_argument("--rid", help="request id, so a repeated command applies once")
+        _add_client_options(change)
+    balance = commands.add_parser("balance", help="print an account's balance and change count")
+    balance.add_argument("account")
+    _add_client_options(balance)
+    _add_client_options(commands.add_parser("ping", help="check that the server answers"))
+    return parser
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--connect", default=DEFAULT_ENDPOINT, help="server address (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds per attempt (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        help="attempts after the first (default: %(default)s)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return _run_client_command(args)
+    except ZmqBalanceError as exc:
+        print(f"error: {exc.code}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = Config(
+            bind=args.bind,
+            workers=args.workers,
+            scale=args.scale,
+            allow_negative=args.allow_negative,
+            queue_max=args.queue_max,
+            test_hooks=os.environ.get(TEST_HOOKS_VARIABLE) == "1",
+        )
+        Server(config).serve_forever()
+    except (ValueError, OSError, ZmqBalanceError) as exc:
+        log.error("cannot serve: %s", exc)
+        return 2
+    return 0
+
+
+def _run_client_command(args: argparse.Namespace) -> int:
+    with Client(args.connect, timeout=args.timeout, retries=args.retries) as client:
+        if args.command == "ping":
+            info = client.ping()
+            print(f"pong: {info.workers} workers, scale {info.scale}, partition {info.partition}")
+        elif args.command == "balance":
+            print(client.balance(args.account))
+        elif args.command == "plus-funds":
+            print(client.plus_funds(args.account, args.amount, rid=args.rid))
+        else:
+            print(client.sub_funds(args.account, args.amount, rid=args.rid))
+    return 0

@@ -1,0 +1,251 @@
+"""The blocking client: one REQ socket, a timeout per request, and safe retries.
+
+The client follows the ZeroMQ guide's Lazy Pirate pattern. Each request waits at most
+``timeout`` seconds for its reply. After a timeout the REQ socket is closed and replaced (a REQ
+socket that lost a reply cannot send again), and the same request is sent again, at most
+``retries`` more times. Every request carries a request id (rid), generated when the caller gives
+none, so a resent credit or debit is applied once: the server answers a repeated rid with the
+first outcome. A reply whose rid is not the one awaited is a late reply to an earlier request and
+is thrown away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
+
+import msgpack
+import zmq
+
+from zmqbalance.errors import (
+    ERROR_CLASSES,
+    InternalError,
+    InvalidAmount,
+    ProtocolViolation,
+    ServerError,
+    TimedOut,
+)
+from zmqbalance.ledger import BALANCE, PLUS_FUNDS, SUB_FUNDS, Rid
+from zmqbalance.protocol import PING, pack
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:7070"
+DEFAULT_TIMEOUT = 2.5  # seconds per attempt
+DEFAULT_RETRIES = 3  # attempts after the first one
+RETRYABLE_ERRORS = frozenset({"busy", "unavailable"})
+RETRY_BACKOFF = 0.05  # seconds before resending after busy or unavailable, doubled each time
+
+Amount = int | str | Decimal | float
+
+
+@dataclass(frozen=True)
+class Balance:
+    """An account's balance and change count, as one reply reported them."""
+
+    account: str
+    balance: Decimal
+    balance_text: str
+    count: int
+    rid: Rid | None = None
+    replay: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.balance_text} {self.count}"
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ``ping`` reports: the partition function and the worker count clients route by."""
+
+    workers: int
+    scale: int
+    partition: str
+
+
+def new_rid() -> bytes:
+    """Return a fresh random 16-byte request id."""
+    return os.urandom(16)
+
+
+def encode_amount(amount: Amount) -> int | str | float:
+    """Turn a caller's amount into its wire form, keeping Decimal exact as a plain string."""
+    if isinstance(amount, bool):
+        raise InvalidAmount(f"amount must be a number, got the boolean {amount!r}")
+    if isinstance(amount, Decimal):
+        if not amount.is_finite():
+            raise InvalidAmount(f"amount must be a finite number, got {amount}")
+        return format(amount, "f")
+    if isinstance(amount, (int, str, float)):
+        return amount
+    raise InvalidAmount(f"amount must be int, str, Decimal or float, got {type(amount).__name__}")
+
+
+class Client:
+    """A blocking zmqbalance client; not thread-safe, so give each thread its own."""
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        if retries < 0:
+            raise ValueError(f"retries must be zero or more, got {retries}")
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.retries = retries
+        self.context = context or zmq.Context.instance()
+        self.late_replies = 0
+        self._socket: zmq.Socket[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Client {self.endpoint} timeout={self.timeout} retries={self.retries}>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def plus_funds(self, account: str | int, amount: Amount, rid: Rid | None = None) -> Balance:
+        """Credit ``amount`` to ``account`` and return the new balance."""
+        return self._change(PLUS_FUNDS, account, amount, rid)
+
+    def sub_funds(self, account: str | int, amount: Amount, rid: Rid | None = None) -> Balance:
+        """Debit ``amount`` from ``account``; raises InsufficientFunds if it would go below zero."""
+        return self._change(SUB_FUNDS, account, amount, rid)
+
+    def balance(self, account: str | int) -> Balance:
+        """Return the balance and change count of ``account``."""
+        reply = self.request({"op": BALANCE, "account": account})
+        return _balance_from(reply)
+
+    def ping(self) -> ServerInfo:
+        reply = self.request({"op": PING})
+        return ServerInfo(reply["workers"], reply["scale"], reply["partition"])
+
+    def _change(self, op: str, account: str | int, amount: Amount, rid: Rid | None) -> Balance:
+        message = {"op": op, "account": account, "amount": encode_amount(amount)}
+        reply = self.request(message, rid=rid)
+        return _balance_from(reply)
+
+    def request(self, message: dict[str, Any], *, rid: Rid | None = None) -> dict[str, Any]:
+        """Send one request map and return the successful reply map, or raise its error.
+
+        A rid is generated when neither ``rid`` nor ``message["rid"]`` gives one. Timeouts,
+        ``busy`` and ``unavailable`` are retried with the same rid.
+        """
+        rid = rid if rid is not None else message.get("rid") or new_rid()
+        frame = pack({**message, "rid": rid})
+        backoff = RETRY_BACKOFF
+        for attempt in range(self.retries + 1):
+            reply = self._attempt(frame, rid)
+            if reply is None:
+                log.warning(
+                    "no reply from %s within %s s for rid %r (attempt %d of %d)",
+                    self.endpoint,
+                    self.timeout,
+                    rid,
+                    attempt + 1,
+                    self.retries + 1,
+                )
+                continue
+            if reply.get("ok") is True:
+                return reply
+            if reply.get("error") in RETRYABLE_ERRORS and attempt < self.retries:
+                log.info("server answered %s for rid %r; retrying", reply["error"], rid)
+                time.sleep(backoff)
+                backoff *= 2
+                continue
+            raise _exception_from(reply, message, rid)
+        raise TimedOut(
+            f"no reply from {self.endpoint} after {self.retries + 1} attempts of {self.timeout} s",
+            op=message.get("op"),
+            account=None if message.get("account") is None else str(message["account"]),
+            rid=rid,
+        )
+
+    def _attempt(self, frame: bytes, rid: Rid) -> dict[str, Any] | None:
+        """Send ``frame`` once and wait for the reply carrying ``rid``; None on timeout."""
+        socket = self._connected_socket()
+        socket.send(frame)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                self.close()  # a REQ socket that lost its reply cannot send again
+                return None
+            reply = _decode_reply(socket.recv())
+            if reply.get("rid") == rid:
+                return reply
+            # Only possible with a reused socket: a reply to an earlier, abandoned request.
+            self.late_replies += 1
+            log.info("discarded a late reply for rid %r", reply.get("rid"))
+            self.close()
+            socket = self._connected_socket()
+            socket.send(frame)
+
+    def _connected_socket(self) -> zmq.Socket[bytes]:
+        if self._socket is None:
+            socket = self.context.socket(zmq.REQ)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(self.endpoint)
+            self._socket = socket
+        return self._socket
+
+
+def _decode_reply(frame: bytes) -> dict[str, Any]:
+    try:
+        reply = msgpack.unpackb(frame, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ProtocolViolation(f"reply is not valid msgpack: {exc}") from exc
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise ProtocolViolation(f"reply is not a reply map: {reply!r:.80}")
+    return reply
+
+
+def _exception_from(reply: dict[str, Any], message: dict[str, Any], rid: Rid) -> Exception:
+    code = reply.get("error")
+    cls = ERROR_CLASSES.get(code, InternalError) if isinstance(code, str) else ServerError
+    account = message.get("account")
+    return cls(
+        str(reply.get("message") or code),
+        op=message.get("op"),
+        account=None if account is None else str(account),
+        rid=rid,
+    )
+
+
+def _balance_from(reply: dict[str, Any]) -> Balance:
+    try:
+        text = reply["balance"]
+        return Balance(
+            account=reply["account"],
+            balance=Decimal(text),
+            balance_text=text,
+            count=reply["count"],
+            rid=reply.get("rid"),
+            replay=bool(reply.get("replay", False)),
+        )
+    except (KeyError, TypeError, ArithmeticError) as exc:
+        raise ProtocolViolation(f"reply lacks a valid balance: {reply!r:.80}") from exc

@@ -1,0 +1,208 @@
+"""The wire format: msgpack request maps in, msgpack reply maps out.
+
+A request is one msgpack map with string keys ``op``, ``account``, ``amount`` and ``rid``.
+:func:`decode_request` turns a frame into a validated :class:`Request` or raises a
+:class:`~zmqbalance.errors.RequestError` that names the bad value; nothing past this module sees
+an unchecked value. Untrusted input is unpacked with msgpack's own limits, so no declared length
+makes the unpacker allocate more than the frame holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgpack
+
+from zmqbalance.errors import (
+    BadRequest,
+    InvalidAccount,
+    InvalidAmount,
+    InvalidRid,
+    RequestError,
+    UnknownOp,
+    ZmqBalanceError,
+)
+from zmqbalance.ledger import BALANCE, PLUS_FUNDS, SUB_FUNDS, Outcome, Rid
+from zmqbalance.money import format_units, parse_amount
+
+PING = "ping"
+DEBUG_SLEEP = "debug_sleep"  # test hook: keeps the owning worker busy; off unless enabled
+OPS = (PLUS_FUNDS, SUB_FUNDS, BALANCE, PING)
+
+MAX_FRAME_BYTES = 1 << 20  # one request; far above any valid single command
+MAX_ACCOUNT_BYTES = 128
+MAX_RID_BYTES = 64
+MAX_DEBUG_SLEEP = 10.0  # seconds
+REQUEST_KEYS = frozenset({"op", "account", "amount", "rid", "seconds"})
+
+
+class Request(NamedTuple):
+    """A validated request: amounts are minor units, accounts are strings."""
+
+    op: str
+    account: str
+    units: int = 0
+    rid: Rid | None = None
+    seconds: float = 0.0
+
+
+def pack(value: object) -> bytes:
+    """Encode a value as msgpack, keeping bytes and str apart."""
+    data: bytes = msgpack.packb(value)
+    return data
+
+
+def unpack_frame(frame: bytes) -> Any:
+    """Unpack one untrusted msgpack frame, raising BadRequest for anything malformed."""
+    try:
+        return msgpack.unpackb(frame, raw=False, strict_map_key=False, ext_hook=_reject_ext)
+    except BadRequest:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        # ExtraData, FormatError, StackError and truncated input all arrive here.
+        raise BadRequest(f"request is not a single valid msgpack value: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest("request is nested too deeply") from exc
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise BadRequest(f"msgpack extension type {code} is not accepted")
+
+
+def decode_request(frame: bytes, scale: int, *, debug_ops: bool = False) -> Request:
+    """Decode and validate one request frame."""
+    message = unpack_frame(frame)
+    if not isinstance(message, dict):
+        raise BadRequest(f"request must be a msgpack map, got {type(message).__name__}")
+    rid = _read_rid(message)
+
+    try:
+        return _validate(message, rid, scale, debug_ops)
+    except ZmqBalanceError as exc:
+        exc.rid = rid
+        raise
+
+
+def _validate(message: dict[Any, Any], rid: Rid | None, scale: int, debug_ops: bool) -> Request:
+    for key in message:
+        if not isinstance(key, str):
+            raise BadRequest(f"request keys must be strings, got {type(key).__name__} {key!r:.40}")
+        if key not in REQUEST_KEYS:
+            raise BadRequest(f"unknown request key {key!r:.40}")
+
+    op = message.get("op")
+    if op is None:
+        raise BadRequest("request has no op")
+    if not isinstance(op, str):
+        raise BadRequest(f"op must be a string, got {type(op).__name__}")
+    if op == PING:
+        return Request(PING, "", rid=rid)
+    if op not in OPS and not (debug_ops and op == DEBUG_SLEEP):
+        raise UnknownOp(f"unknown op {op!r:.40}; expected one of {', '.join(OPS)}", rid=rid)
+
+    account = read_account(message.get("account"))
+    if op == BALANCE:
+        return Request(op, account, rid=rid)
+    if op == DEBUG_SLEEP:
+        return Request(op, account, rid=rid, seconds=_read_seconds(message.get("seconds")))
+    try:
+        units = parse_amount(message.get("amount"), scale)
+    except InvalidAmount as exc:
+        exc.op, exc.account = op, account
+        raise
+    return Request(op, account, units, rid)
+
+
+def read_account(value: object) -> str:
+    """Return the account id as a string, or raise InvalidAccount naming the value."""
+    if isinstance(value, bool):
+        raise InvalidAccount(f"account must be a string or an integer, got {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    if value is None:
+        raise InvalidAccount("account is missing")
+    if not isinstance(value, str):
+        raise InvalidAccount(f"account must be a string or an integer, got {type(value).__name__}")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size == 0:
+        raise InvalidAccount("account is empty")
+    if size > MAX_ACCOUNT_BYTES:
+        raise InvalidAccount(
+            f"account {value[:20]!r}... is {size} bytes long, over the limit of {MAX_ACCOUNT_BYTES}"
+        )
+    for char in value:
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            raise InvalidAccount(f"account {value!r} contains the control character {char!r}")
+    return value
+
+
+def _read_rid(message: dict[Any, Any]) -> Rid | None:
+    rid = message.get("rid")
+    if rid is None:
+        return None
+    if not isinstance(rid, (str, bytes)):
+        raise InvalidRid(f"rid must be a string or bytes, got {type(rid).__name__}")
+    size = len(rid) if isinstance(rid, bytes) else len(rid.encode("utf-8", "surrogatepass"))
+    if size == 0 or size > MAX_RID_BYTES:
+        raise InvalidRid(f"rid must be 1 to {MAX_RID_BYTES} bytes long, got {size} bytes")
+    return rid
+
+
+def _read_seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"seconds must be a number, got {value!r:.40}")
+    if not 0 <= value <= MAX_DEBUG_SLEEP:
+        raise BadRequest(f"seconds must be between 0 and {MAX_DEBUG_SLEEP}, got {value!r}")
+    return float(value)
+
+
+def encode_outcome(outcome: Outcome, scale: int, rid: Rid | None) -> bytes:
+    """Encode an outcome as a success or failure reply."""
+    if not outcome.ok:
+        return encode_error(outcome.error or "internal_error", outcome.message or "", rid)
+    reply: dict[str, Any] = {
+        "ok": True,
+        "account": outcome.account,
+        "balance": format_units(outcome.balance, scale),
+        "count": outcome.count,
+    }
+    if rid is not None:
+        reply["rid"] = rid
+    if outcome.replay:
+        reply["replay"] = True
+    return pack(reply)
+
+
+def encode_error(code: str, message: str, rid: Rid | None = None) -> bytes:
+    reply: dict[str, Any] = {"ok": False, "error": code, "message": message}
+    if rid is not None:
+        reply["rid"] = rid
+    return pack(reply)
+
+
+def encode_exception(exc: ZmqBalanceError) -> bytes:
+    rid = exc.rid if isinstance(exc.rid, (str, bytes)) else None
+    return encode_error(exc.code, exc.message, rid)
+
+
+def encode_ping(workers: int, scale: int, partition: str, rid: Rid | None) -> bytes:
+    reply: dict[str, Any] = {
+        "ok": True,
+        "pong": True,
+        "workers": workers,
+        "scale": scale,
+        "partition": partition,
+    }
+    if rid is not None:
+        reply["rid"] = rid
+    return pack(reply)
+
+
+def peek_rid(frame: bytes) -> Rid | None:
+    """Return the valid rid of a request frame, or None, without validating anything else."""
+    try:
+        message = unpack_frame(frame)
+        return _read_rid(message) if isinstance(message, dict) else None
+    except RequestError:
+        return None

@@ -1,0 +1,140 @@
+"""The worker thread: the only writer of the accounts it owns.
+
+A worker loops over four steps: drain what is queued on its inproc socket (up to
+:data:`MAX_GROUP` commands), apply each command to its ledger, commit the group's records to its
+journal with one sync, then send the group's replies. No reply, including a balance read, leaves
+before the changes it could reveal are committed.
+
+Commands arrive from the broker already validated, as ``envelope frames + [packed command]``;
+the reply goes back as ``envelope frames + [packed reply]``. A single-frame :data:`STOP` message
+asks the worker to finish what is queued before it and exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import msgpack
+import zmq
+
+from zmqbalance.journal import Journal, Record
+from zmqbalance.ledger import BALANCE, CHANGE_OPS, Ledger, Outcome
+from zmqbalance.protocol import DEBUG_SLEEP, encode_error, encode_outcome, pack
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP = 1024  # commands committed together; bounds the latency one group adds
+STOP = b"\x00stop"
+STOPPED = b"\x00stopped"
+
+
+def pack_command(op: str, account: str, units: int, rid: object, seconds: float) -> bytes:
+    """Encode a validated command for the inproc hop from the broker to a worker."""
+    return pack((op, account, units, rid, seconds))
+
+
+class Worker(threading.Thread):
+    """A thread that owns one ledger and one journal, and serves one inproc socket."""
+
+    def __init__(
+        self,
+        index: int,
+        context: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        ledger: Ledger,
+        journal: Journal,
+        *,
+        queue_max: int,
+    ) -> None:
+        super().__init__(name=f"zmqbalance-worker-{index}", daemon=True)
+        self.index = index
+        self.context = context
+        self.endpoint = endpoint
+        self.ledger = ledger
+        self.journal = journal
+        self.queue_max = queue_max
+        self.started = threading.Event()
+        self.groups = 0
+        self.commands = 0
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_alive() else "stopped"
+        return f"<Worker {self.index} {state} {self.ledger!r} groups={self.groups}>"
+
+    def run(self) -> None:
+        socket = self.context.socket(zmq.DEALER)
+        try:
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.RCVHWM, self.queue_max)
+            socket.setsockopt(zmq.SNDHWM, 0)  # replies never wait on a full queue
+            socket.bind(self.endpoint)
+            self.started.set()
+            self._serve(socket)
+        except zmq.ContextTerminated:
+            log.info("worker %d stopped by context termination", self.index)
+        except Exception:
+            log.exception("worker %d crashed", self.index)
+            raise
+        finally:
+            socket.close(linger=0)
+            self.journal.close()
+
+    def _serve(self, socket: zmq.Socket[bytes]) -> None:
+        while True:
+            group = [socket.recv_multipart()]
+            while len(group) < MAX_GROUP:
+                try:
+                    group.append(socket.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+
+            stopping = group[-1] == [STOP]
+            if stopping:
+                group.pop()
+            replies = self.process(group)
+            for reply in replies:
+                socket.send_multipart(reply)
+            if stopping:
+                socket.send(STOPPED)
+                log.info("worker %d stopped after %d groups", self.index, self.groups)
+                return
+
+    def process(self, group: list[list[bytes]]) -> list[list[bytes]]:
+        """Apply a group of commands, commit their records with one sync, return the replies."""
+        records: list[Record] = []
+        replies = []
+        for frames in group:
+            envelope = frames[:-1]
+            envelope.append(self._apply(frames[-1], records))
+            replies.append(envelope)
+
+        if records:
+            self.journal.append(records)
+            self.journal.sync()
+        self.groups += 1
+        self.commands += len(group)
+        return replies
+
+    def _apply(self, body: bytes, records: list[Record]) -> bytes:
+        op, account, units, rid, seconds = msgpack.unpackb(body)
+        try:
+            outcome = self._outcome(op, account, units, rid, seconds)
+        except Exception:
+            log.exception(
+                "worker %d failed on %s for account %r rid %r", self.index, op, account, rid
+            )
+            return encode_error("internal_error", f"the server failed on {op}; see its log", rid)
+
+        if op in CHANGE_OPS and not outcome.replay and (outcome.ok or rid is not None):
+            records.append((op, account, units, rid, outcome.error, outcome.message))
+        return encode_outcome(outcome, self.ledger.scale, rid)
+
+    def _outcome(self, op: str, account: str, units: int, rid: object, seconds: float) -> Outcome:
+        if op == BALANCE:
+            return self.ledger.read(account)
+        if op == DEBUG_SLEEP:
+            time.sleep(seconds)
+            return self.ledger.read(account)
+        return self.ledger.apply(op, account, units, rid)  # type: ignore[arg-type]
