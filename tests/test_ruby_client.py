@@ -59,7 +59,7 @@ def run_ruby_json(script: str, *args: str) -> Any:
     return json.loads(run_ruby(prelude + script, *args).stdout)
 
 
-Reply = dict[str, Any] | None
+Reply = dict[str, Any] | bytes | None
 Responder = Callable[[int, dict[str, Any]], Reply]
 
 
@@ -67,7 +67,8 @@ class ScriptedRouter:
     """A ROUTER socket on a random 127.0.0.1 port, served by its own thread.
 
     For the n-th request (0-based) it calls `respond(n, request)` and sends the
-    returned map back, or sends nothing when it returns None. Every raw request
+    returned map back packed with msgpack, bytes back as they are, or nothing
+    when it returns None. Every raw request
     frame is kept in `frames`.
     """
 
@@ -114,8 +115,10 @@ class ScriptedRouter:
         index = len(self.frames)
         self.frames.append(body)
         reply = self.respond(index, msgpack.unpackb(body))
-        if reply is not None:
-            router.send_multipart([identity, delimiter, msgpack.packb(reply)])
+        if reply is None:
+            return
+        body = reply if isinstance(reply, bytes) else msgpack.packb(reply)
+        router.send_multipart([identity, delimiter, body])
 
 
 def echo_result(request: dict[str, Any], count: int = 1) -> dict[str, Any]:
@@ -503,6 +506,33 @@ def test_unknown_error_code_raises_base_error() -> None:
             router.endpoint,
         )
     assert output == {"raised": "ZmqBalance::Error", "code": "new_code"}
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (b"\xc1", "not valid msgpack"),
+        (msgpack.packb([1, 2]), "not a msgpack map"),
+        (
+            msgpack.packb({"ok": True, "account": "1", "balance": "x", "count": 1}),
+            "invalid balance",
+        ),
+    ],
+)
+def test_malformed_reply_raises_protocol_error(reply: bytes, expected: str) -> None:
+    with ScriptedRouter(lambda index, request: reply) as router:
+        output = run_ruby_json(
+            """
+            ZmqBalance::Client.open(ARGV[0]) do |client|
+              client.balance(1)
+            rescue ZmqBalance::ProtocolError => e
+              puts JSON.generate("raised" => e.class.name, "message" => e.message)
+            end
+            """,
+            router.endpoint,
+        )
+    assert output["raised"] == "ZmqBalance::ProtocolError"
+    assert expected in output["message"]
 
 
 @pytest.mark.parametrize(
