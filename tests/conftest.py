@@ -1,165 +1,112 @@
-"""Shared pytest fixtures: a real zmqbalance server run as a subprocess.
+"""Shared fixtures: real servers on free loopback ports, in-process or as child processes.
 
-`server` starts `python3 -m zmqbalance serve` on a free 127.0.0.1 port, waits
-until it answers a ping and stops it by pid with SIGTERM after the test. The
-defaults are `--in-memory --workers 4`; other options come through indirect
-parametrization:
+`server` runs ``zmqbalance serve --workers 4`` as a child process. Other
+options come through indirect parametrization:
 
     @pytest.mark.parametrize(
-        "server", [{"workers": 2, "in_memory": False, "extra_args": ["--data-dir", "d"]}],
-        indirect=True,
+        "server", [{"workers": 2, "extra_args": ["--allow-negative"]}], indirect=True
     )
-
-`server_factory` starts as many servers as a test needs, with the same options
-as keyword arguments; all of them are stopped at teardown.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import msgpack
 import pytest
 import zmq
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.serverproc import ServerProcess
+from zmqbalance import Client
+from zmqbalance.server import Config, Server
 
-SERVER_START_TIMEOUT = 15.0  # seconds until the first ping must succeed
-SERVER_STOP_TIMEOUT = 10.0  # seconds to exit after SIGTERM before SIGKILL
-PING_TIMEOUT_MS = 200  # per ping attempt while waiting for the server
+ServerFactory = Callable[..., ServerProcess]
 
-
-@dataclass
-class ServerProcess:
-    """A running server: its endpoint, its pid and where its output goes."""
-
-    endpoint: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    args: list[str] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def free_tcp_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    # NOTE: another process may take the port between this check and the
-    # server's bind; the server then fails to start and the test reports it.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def ping_once(context: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> bool:
-    """Send one ping on a fresh REQ socket; return whether a pong came back in time."""
-    with context.socket(zmq.REQ) as request_socket:
-        request_socket.setsockopt(zmq.LINGER, 0)
-        request_socket.connect(endpoint)
-        request_socket.send(msgpack.packb({"op": "ping"}))
-        if not request_socket.poll(PING_TIMEOUT_MS, zmq.POLLIN):
-            return False
-        reply = msgpack.unpackb(request_socket.recv())
-    return isinstance(reply, dict) and reply.get("pong") is True
-
-
-def wait_until_serving(server: ServerProcess) -> None:
-    """Block until the server replies to a ping; fail the test if it exits or never replies."""
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                pytest.fail(
-                    f"server exited with {server.process.returncode} before answering a ping; "
-                    f"args {server.args}; output:\n{server.log_text()}"
-                )
-            if ping_once(context, server.endpoint):
-                return
-        pytest.fail(
-            f"server at {server.endpoint} did not answer a ping within "
-            f"{SERVER_START_TIMEOUT} s; output:\n{server.log_text()}"
-        )
-    finally:
-        context.term()
-
-
-def start_server(
-    log_dir: Path,
-    workers: int = 4,
-    in_memory: bool = True,
-    extra_args: Sequence[str] = (),
-) -> ServerProcess:
-    """Start `python3 -m zmqbalance serve` on a free port and wait until it serves."""
-    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
-    args = [sys.executable, "-m", "zmqbalance", "serve", "--bind", endpoint]
-    args += ["--workers", str(workers)]
-    if in_memory:
-        args.append("--in-memory")
-    args += list(extra_args)
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    log_path = log_dir / f"server-{endpoint.rsplit(':', 1)[1]}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            args, cwd=log_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    server = ServerProcess(endpoint=endpoint, process=process, log_path=log_path, args=args)
-    try:
-        wait_until_serving(server)
-    except BaseException:
-        stop_server(server)
-        raise
-    return server
-
-
-def stop_server(server: ServerProcess) -> None:
-    """Stop the server by its pid: SIGTERM, then SIGKILL if it outlives the timeout."""
-    if server.process.poll() is None:
-        os.kill(server.pid, signal.SIGTERM)
-        try:
-            server.process.wait(timeout=SERVER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.kill(server.pid, signal.SIGKILL)
-            server.process.wait(timeout=SERVER_STOP_TIMEOUT)
+SERVER_STOP_TIMEOUT = 10.0  # seconds a server gets to exit after SIGTERM at teardown
 
 
 @pytest.fixture
-def server_factory(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., ServerProcess]]:
-    """Yield a function that starts a server with the options of `start_server`."""
-    started: list[ServerProcess] = []
+def engine_factory() -> Iterator[Callable[..., Server]]:
+    """Start in-process engines on free ports; every one is stopped after the test."""
+    started: list[Server] = []
 
-    def start(**options: Any) -> ServerProcess:
-        server = start_server(tmp_path_factory.mktemp("server"), **options)
+    def start(**options: object) -> Server:
+        server = Server(Config(bind="tcp://127.0.0.1:*", **options))  # type: ignore[arg-type]
+        server.start()
         started.append(server)
         return server
 
     yield start
     for server in started:
-        stop_server(server)
+        server.stop()
 
 
 @pytest.fixture
-def server(
-    request: pytest.FixtureRequest, server_factory: Callable[..., ServerProcess]
-) -> ServerProcess:
-    """A running server; indirect parametrization passes options to `start_server`."""
+def engine(engine_factory: Callable[..., Server]) -> Server:
+    """An in-process engine with the default options."""
+    return engine_factory()
+
+
+@pytest.fixture
+def client_factory() -> Iterator[Callable[..., Client]]:
+    """Make clients that are all closed after the test."""
+    clients: list[Client] = []
+
+    def make(endpoint: str, **options: object) -> Client:
+        client = Client(endpoint, **options)  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(engine: Server, client_factory: Callable[..., Client]) -> Client:
+    assert engine.endpoint is not None
+    return client_factory(engine.endpoint)
+
+
+@pytest.fixture
+def server_factory() -> Iterator[ServerFactory]:
+    """Start ``zmqbalance serve`` child processes; each is stopped by pid after the test.
+
+    Teardown sends SIGTERM and falls back to SIGKILL when a server has not
+    exited within SERVER_STOP_TIMEOUT.
+    """
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(args, env=env).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        try:
+            server.terminate(timeout=SERVER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, server_factory: ServerFactory) -> ServerProcess:
+    """A ``zmqbalance serve`` child process, in memory, with 4 workers by default.
+
+    Indirect parametrization may pass `workers` (int) and `extra_args`
+    (more ``serve`` arguments).
+    """
     options: dict[str, Any] = getattr(request, "param", {})
-    return server_factory(**options)
+    workers = options.get("workers", 4)
+    extra_args = options.get("extra_args", ())
+    return server_factory("--workers", str(workers), *extra_args)
+
+
+@pytest.fixture
+def zmq_context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A private context for raw sockets; every socket must be closed with linger 0."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield context
+    context.destroy(linger=0)
