@@ -276,6 +276,23 @@ def test_rejected_amounts_raise_mapped_class(server: Any) -> None:
     assert output["after"] == "1.000000"
 
 
+@pytest.mark.parametrize(
+    "server", [{"workers": 2, "extra_args": ["--allow-negative"]}], indirect=True
+)
+def test_negative_balance_parsed(server: Any) -> None:
+    output = run_ruby_json(
+        RESULT_JSON
+        + """
+        ZmqBalance::Client.open(ARGV[0]) do |client|
+          puts JSON.generate(result_json(client.sub_funds("overdrawn", "1.5")))
+        end
+        """,
+        server.endpoint,
+    )
+    assert output["balance_text"] == "-1.500000"
+    assert output["balance"] == "-1.5"
+
+
 # --- request shapes, against a real server ---
 
 
