@@ -133,7 +133,7 @@ module ZmqBalance
           end
         end
       end
-      raise TimeoutError.new("no reply from #{@endpoint} after #{attempts} attempts " \
+      raise TimeoutError.new("no matching reply from #{@endpoint} after #{attempts} attempts " \
                              "of #{@timeout} s each", **error_context(request))
     end
 
