@@ -29,6 +29,7 @@ from zmqbalance.errors import (
     ProtocolViolation,
     ServerError,
     TimedOut,
+    format_rid,
 )
 from zmqbalance.ledger import BALANCE, PLUS_FUNDS, SUB_FUNDS, Rid
 from zmqbalance.protocol import PING, pack
@@ -162,10 +163,10 @@ class Client:
             reply = self._attempt(frame, rid)
             if reply is None:
                 log.warning(
-                    "no reply from %s within %s s for rid %r (attempt %d of %d)",
+                    "no reply from %s within %s s for rid %s (attempt %d of %d)",
                     self.endpoint,
                     self.timeout,
-                    rid,
+                    format_rid(rid),
                     attempt + 1,
                     self.retries + 1,
                 )
@@ -173,7 +174,7 @@ class Client:
             if reply.get("ok") is True:
                 return reply
             if reply.get("error") in RETRYABLE_ERRORS and attempt < self.retries:
-                log.info("server answered %s for rid %r; retrying", reply["error"], rid)
+                log.info("server answered %s for rid %s; retrying", reply["error"], format_rid(rid))
                 time.sleep(backoff)
                 backoff *= 2
                 continue
@@ -200,7 +201,7 @@ class Client:
                 return reply
             # Only possible with a reused socket: a reply to an earlier, abandoned request.
             self.late_replies += 1
-            log.info("discarded a late reply for rid %r", reply.get("rid"))
+            log.info("discarded a late reply for rid %s", format_rid(reply.get("rid")))
             self.close()
             socket = self._connected_socket()
             socket.send(frame)
