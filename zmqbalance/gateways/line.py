@@ -23,6 +23,8 @@ Framing rules:
   discarded and the connection stays usable.
 - An unterminated line at the end of the stream is discarded, not run: a command cut short by
   a disconnect (``PLUS_FUNDS 1 100`` cut to ``PLUS_FUNDS 1 10``) must not change a balance.
+- Once the gateway sees that the client disconnected, complete commands that it has read but
+  not yet sent to the engine are dropped, because their replies could not be delivered.
 """
 
 from __future__ import annotations
@@ -175,6 +177,8 @@ class LineGateway(Gateway):
                 continue
             async with self.busy():
                 for event in events:
+                    if writer.is_closing():
+                        return  # the client is gone, so the rest of what it sent is dropped
                     reply = await self._answer(event)
                     if reply:
                         writer.write(reply)
