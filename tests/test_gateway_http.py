@@ -112,9 +112,7 @@ def test_render_replies() -> None:
 # A real server process over HTTP.
 
 
-def test_http_seed_workload_new_connections(
-    gateways: ServerProcess, http_address: tuple[str, int]
-) -> None:
+def test_http_ten_client_workload(gateways: ServerProcess, http_address: tuple[str, int]) -> None:
     problems: list[str] = []
     barrier = threading.Barrier(10, timeout=WORKLOAD_TIMEOUT)
 

@@ -185,7 +185,7 @@ def test_in_process_gateway_stops_with_open_connection(
 
 
 def run_line_workload(address: tuple[str, int], clients: int, rounds: int) -> list[str]:
-    """Run the seed workload with one connection per thread; return the unexpected replies."""
+    """Run the balance workload, one connection per thread; return the unexpected replies."""
     problems: list[str] = []
     barrier = threading.Barrier(clients, timeout=WORKLOAD_TIMEOUT)
 
@@ -208,7 +208,7 @@ def run_line_workload(address: tuple[str, int], clients: int, rounds: int) -> li
     return problems
 
 
-def test_line_seed_workload(gateways: ServerProcess, line_address: tuple[str, int]) -> None:
+def test_line_ten_client_workload(gateways: ServerProcess, line_address: tuple[str, int]) -> None:
     assert run_line_workload(line_address, clients=10, rounds=100) == []
 
     with LineConnection(line_address) as connection:

@@ -1,8 +1,8 @@
 # frozen_string_literal: true
 
-# The seed workload, written the way clients of the old Go service were: a plain TCPSocket,
-# one `puts` per command and one `gets` per reply, against the zmqbalance line gateway
-# (`zmqbalance serve --line-bind 127.0.0.1:7071`).
+# The 10-thread balance workload, written the way clients of the old Go service were: a plain
+# TCPSocket, one `puts` per command and one `gets` per reply, against the zmqbalance line
+# gateway (`zmqbalance serve --line-bind 127.0.0.1:7071`).
 #
 # Each of THREADS threads opens its own connection and runs ROUNDS rounds; a round is
 # PLUS_FUNDS <account> 1 then SUB_FUNDS <account> 1 for accounts 0, 1 and 2. Afterwards each
