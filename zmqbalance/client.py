@@ -197,7 +197,9 @@ class Client:
                 self.close()  # a REQ socket that lost its reply cannot send again
                 return None
             reply = _decode_reply(socket.recv())
-            if reply.get("rid") == rid:
+            if reply.get("rid", rid) == rid:
+                # A reply without a rid answers this request too: the server leaves the rid out
+                # only when it could not read it, as with invalid_rid or bad_request.
                 return reply
             # Only possible with a reused socket: a reply to an earlier, abandoned request.
             self.late_replies += 1
