@@ -156,7 +156,10 @@ class Client:
         A rid is generated when neither ``rid`` nor ``message["rid"]`` gives one. Timeouts,
         ``busy`` and ``unavailable`` are retried with the same rid.
         """
-        rid = rid if rid is not None else message.get("rid") or new_rid()
+        if rid is None:
+            rid = message.get("rid")
+        if rid is None:
+            rid = new_rid()
         frame = pack({**message, "rid": rid})
         backoff = RETRY_BACKOFF
         for attempt in range(self.retries + 1):

@@ -88,6 +88,7 @@ class Server:
         self.workers: list[Worker] = []
         self.broker: Broker | None = None
         self.gateways: list[Gateway] = []
+        self._stopped = False
         self._prefix = f"inproc://zmqbalance-{os.getpid()}-{next(_server_ids)}"
 
     def __repr__(self) -> str:
@@ -184,6 +185,9 @@ class Server:
 
     def stop(self) -> None:
         """Finish queued commands, send their replies, stop every thread and free the sockets."""
+        if self._stopped:
+            return
+        self._stopped = True
         stop_gateways(self.gateways)  # first, so their last commands still reach the broker
         if self.broker is not None and self.broker.is_alive():
             self.broker.stop_requested.set()
