@@ -5,8 +5,11 @@ decodes and validates every request (so workers receive only valid commands), an
 and every malformed request itself, and forwards each reply from a worker to the client as soon
 as it arrives, so a slow account never delays a reply for another worker's account.
 
-Routing is explicit: ``partition.owner_of(account)`` picks the worker. A worker whose queue is
-full gets nothing more: the request is answered with ``busy`` instead of queueing without bound.
+Routing is explicit: ``partition.owner_of(account)`` picks the worker. The broker takes every
+request that is waiting (up to FORWARD_BATCH), then sends each worker its share in one message;
+under load this makes one thread crossing carry many commands. The broker counts the commands
+each worker has not answered yet; at ``queue_max`` the request is answered with ``busy``
+instead of queueing without bound.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import msgpack
 import zmq
 
 from zmqbalance.errors import BadRequest, Busy, RequestError, Unavailable
@@ -25,10 +29,11 @@ from zmqbalance.protocol import (
     decode_request,
     encode_exception,
     encode_ping,
+    pack,
     peek_rid,
 )
 from zmqbalance.ratelimit import RateLimitedLog
-from zmqbalance.worker import STOP, STOPPED, pack_command
+from zmqbalance.worker import STOP, STOPPED, Command, has_message
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ class Broker(threading.Thread):
         self.bind_error: Exception | None = None
         self.endpoint: str | None = None
         self._rate_limited = RateLimitedLog(log)
+        self.queued = [0] * len(worker_endpoints)  # commands sent to each worker, not answered
 
     def __repr__(self) -> str:
         return f"<Broker {self.endpoint or self.bind} workers={len(self.worker_endpoints)}>"
@@ -103,7 +109,7 @@ class Broker(threading.Thread):
         router.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
         for socket, endpoint in zip(workers, self.worker_endpoints, strict=True):
             socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.SNDHWM, self.queue_max)
+            socket.setsockopt(zmq.SNDHWM, 0)  # bounded by the queued counts, see _route
             socket.setsockopt(zmq.RCVHWM, 0)
             socket.connect(endpoint)
         try:
@@ -122,23 +128,27 @@ class Broker(threading.Thread):
 
         while not self.stop_requested.is_set():
             ready = dict(poller.poll(POLL_INTERVAL_MS))
-            for socket in workers:
+            for index, socket in enumerate(workers):
                 if socket in ready:
-                    self._forward_replies(router, socket)
+                    self._forward_replies(router, socket, index)
             if router in ready:
                 self._take_requests(router, workers)
 
     def _take_requests(self, router: zmq.Socket[bytes], workers: list[zmq.Socket[bytes]]) -> None:
+        batches: list[list[Command]] = [[] for _ in workers]
         for _ in range(FORWARD_BATCH):
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._route(router, workers, frames)
+            if not has_message(router):
+                break
+            self._route(router, router.recv_multipart(zmq.NOBLOCK), batches)
+        for index, batch in enumerate(batches):
+            if batch:
+                workers[index].send(pack(batch))
+                self.queued[index] += len(batch)
 
     def _route(
-        self, router: zmq.Socket[bytes], workers: list[zmq.Socket[bytes]], frames: list[bytes]
+        self, router: zmq.Socket[bytes], frames: list[bytes], batches: list[list[Command]]
     ) -> None:
+        """Validate one request and add it to its owner's batch, or answer it here."""
         self.stats.requests += 1
         envelope, body, problem = split_envelope(frames)
         if body is None:
@@ -153,17 +163,13 @@ class Broker(threading.Thread):
             self._reply(router, envelope, encode_exception(exc))
             return
         if request.op == PING:
-            ping = encode_ping(len(workers), self.scale, PARTITION_FUNCTION, request.rid)
+            ping = encode_ping(len(batches), self.scale, PARTITION_FUNCTION, request.rid)
             self._reply(router, envelope, ping)
             return
 
-        owner = owner_of(request.account, len(workers))
-        command = pack_command(
-            request.op, request.account, request.units, request.rid, request.seconds
-        )
-        try:
-            workers[owner].send_multipart([*envelope, command], zmq.NOBLOCK)
-        except zmq.Again:
+        owner = owner_of(request.account, len(batches))
+        batch = batches[owner]
+        if self.queued[owner] + len(batch) >= self.queue_max:
             self.stats.busy += 1
             busy = Busy(
                 f"worker {owner} has {self.queue_max} commands queued; retry later",
@@ -173,6 +179,10 @@ class Broker(threading.Thread):
             )
             self._rate_limited.warning("busy", "answered busy: %s", busy)
             self._reply(router, envelope, encode_exception(busy))
+            return
+        batch.append(
+            (envelope, request.op, request.account, request.units, request.rid, request.seconds)
+        )
 
     def _on_bad_frames(
         self, router: zmq.Socket[bytes], envelope: list[bytes], problem: str
@@ -181,17 +191,23 @@ class Broker(threading.Thread):
         self._rate_limited.warning("frames", "rejected message: %s", problem)
         self._reply(router, envelope, encode_exception(BadRequest(problem)))
 
-    def _forward_replies(self, router: zmq.Socket[bytes], worker: zmq.Socket[bytes]) -> int:
+    def _forward_replies(
+        self, router: zmq.Socket[bytes], worker: zmq.Socket[bytes], index: int
+    ) -> int:
+        """Send every reply a worker has ready to its client; return how many workers stopped."""
         stopped = 0
         for _ in range(FORWARD_BATCH):
-            try:
-                frames = worker.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not has_message(worker):
                 break
-            if frames == [STOPPED]:
+            frame = worker.recv()
+            if frame == STOPPED:
                 stopped += 1
                 continue
-            self._send(router, frames)
+            replies = msgpack.unpackb(frame, raw=False)
+            self.queued[index] -= len(replies)
+            for envelope, body in replies:
+                envelope.append(body)
+                self._send(router, envelope)
         return stopped
 
     def _reply(self, router: zmq.Socket[bytes], envelope: list[bytes], body: bytes) -> None:
@@ -219,7 +235,11 @@ class Broker(threading.Thread):
         Gives up after DRAIN_TIMEOUT seconds, for instance when a worker has died.
         """
         deadline = time.monotonic() + DRAIN_TIMEOUT
-        pending_stop = list(workers)
+        for index, socket in enumerate(workers):
+            try:
+                socket.send(STOP, zmq.NOBLOCK)  # HWM is off, so only a dead worker refuses
+            except zmq.Again:
+                log.error("worker %d is not running; it cannot be stopped cleanly", index)
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         for socket in workers:
@@ -227,16 +247,10 @@ class Broker(threading.Thread):
 
         running = len(workers)
         while running and time.monotonic() < deadline:
-            for socket in list(pending_stop):
-                try:
-                    socket.send(STOP, zmq.NOBLOCK)
-                    pending_stop.remove(socket)
-                except zmq.Again:
-                    pass  # that worker's queue is full; try again after the next poll
             ready = dict(poller.poll(POLL_INTERVAL_MS))
-            for socket in workers:
+            for index, socket in enumerate(workers):
                 if socket in ready:
-                    running -= self._forward_replies(router, socket)
+                    running -= self._forward_replies(router, socket, index)
             if router in ready:
                 self._refuse_requests(router)
         if running:
@@ -245,10 +259,9 @@ class Broker(threading.Thread):
 
     def _refuse_requests(self, router: zmq.Socket[bytes]) -> None:
         for _ in range(FORWARD_BATCH):
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not has_message(router):
                 return
+            frames = router.recv_multipart(zmq.NOBLOCK)
             envelope, body, _ = split_envelope(frames)
             refusal = Unavailable(
                 "the server is shutting down; retry after it restarts",
