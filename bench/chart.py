@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 CHART_NAME = "latest.png"
+ZMQ_COLOR = "#d9822b"  # zmqbalance rows stand out from the systems they are compared with
+OTHER_COLOR = "#4878a8"
 
 
 def draw(result: dict[str, Any], directory: Path) -> str:
@@ -33,7 +35,11 @@ def draw(result: dict[str, Any], directory: Path) -> str:
         below = [s["median"] - s["min"] for s in stats]
         above = [s["max"] - s["median"] for s in stats]
         axis.barh(
-            [r["label"] for r in rows], medians, xerr=[below, above], color="#4878a8", capsize=3
+            [r["label"] for r in rows],
+            medians,
+            xerr=[below, above],
+            color=[ZMQ_COLOR if r["system"].startswith("zmq") else OTHER_COLOR for r in rows],
+            capsize=3,
         )
         axis.set_title(workload, loc="left", fontsize=10)
         axis.set_xlabel("wall time, s (median, min-max)")

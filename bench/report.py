@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.systems import BASELINE
+from bench.systems import BASELINE, SYSTEMS
+from bench.workloads import WORKLOADS
 
 SCHEMA_VERSION = 1
 
@@ -105,6 +106,9 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         base = baselines.get(row["workload"])
         if base is None or row["variant"] or row["summary"] is None:
             continue
+        # A run cut at the time budget sent fewer changes, so its time has no fair ratio.
+        if row["summary"]["incomplete_runs"] or base["summary"]["incomplete_runs"]:
+            continue
         field = "latency_p99_us" if row["measure"] == "latency" else "wall_s"
         mine, theirs = row["summary"][field], base["summary"] and base["summary"][field]
         if mine and theirs and theirs["median"] > 0:
@@ -132,7 +136,7 @@ def build(
     rows: dict[str, dict[str, Any]], args: argparse.Namespace, argv: list[str], started: float
 ) -> dict[str, Any]:
     """Return the whole result document: machine, options, and every row with its summary."""
-    row_list = list(rows.values())
+    row_list = sorted(rows.values(), key=_row_order)
     for row in row_list:
         row["summary"] = summarize_row(row) if row["runs"] else None
     add_ratios(row_list)
@@ -151,6 +155,17 @@ def build(
         "baseline": BASELINE,
         "rows": row_list,
     }
+
+
+def _row_order(row: dict[str, Any]) -> tuple[int, int, int, int]:
+    """Sort rows as the registries list them, whatever order the rotated schedule ran them in."""
+    variant = row["variant"]
+    return (
+        list(WORKLOADS).index(row["workload"]),
+        list(SYSTEMS).index(row["system"]),
+        variant.get("workers", 0),
+        variant.get("clients", 0),
+    )
 
 
 def write_json(result: dict[str, Any], directory: Path) -> list[Path]:

@@ -63,6 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON and the chart go"
     )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="stop a run's clients after this many seconds (default: the workload's, 120 s)",
+    )
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     parser.add_argument(
         "--write-docs", action="store_true", help=f"also render the results into {DOCS_PATH}"
@@ -74,6 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.repeat = 1 if args.quick else DEFAULT_REPEAT
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.time_budget is not None and args.time_budget <= 0:
+        parser.error("--time-budget must be above 0 seconds")
     args.systems_named = args.systems != "all"
     return args
 
@@ -165,7 +173,7 @@ class Bench:
 
     def _run_one(self, workload: Workload, system: System, workers: int | None, label: str) -> None:
         plans = [workload.plan(self.args.quick)]
-        runs = self._with_server(system, workers, label, plans, workload.time_budget_s)
+        runs = self._with_server(system, workers, label, plans, self._budget(workload))
         self._record(self.row(workload, system), runs, label)
 
     def _run_fanout(self, workload: Workload, system: System, label: str) -> None:
@@ -175,11 +183,15 @@ class Bench:
             clients = [c for w, c in points if w == workers]
             plans = [workload.plan(self.args.quick, c) for c in clients]
             server_label = f"{label} workers={workers}"
-            runs = self._with_server(system, workers, server_label, plans, workload.time_budget_s)
+            runs = self._with_server(system, workers, server_label, plans, self._budget(workload))
             for index, count in enumerate(clients):
                 row = self.row(workload, system, {"workers": workers, "clients": count})
                 run = None if runs is None else [runs[index]]
                 self._record(row, run, f"{server_label} clients={count}")
+
+    def _budget(self, workload: Workload) -> float:
+        budget: float = self.args.time_budget or workload.time_budget_s
+        return budget
 
     def _with_server(
         self, system: System, workers: int | None, label: str, plans: list[Plan], budget_s: float

@@ -50,7 +50,7 @@ def client_main(
     plan: Plan,
     barrier: Barrier,
     results: Any,
-    deadline: float,
+    time_budget_s: float,
 ) -> None:
     """Run one client process: warm up, wait at the barrier, send the plan, report."""
     result = ClientResult(client)
@@ -59,7 +59,7 @@ def client_main(
         driver = make_driver(config)
         driver.warm_up()
         barrier.wait(SETUP_TIMEOUT_S)
-        _send_plan(driver, plan, client, deadline, result)
+        _send_plan(driver, plan, client, time.monotonic() + time_budget_s, result)
     except Exception as exc:
         result.error = f"client {client}: {type(exc).__name__}: {exc}"
         barrier.abort()
@@ -100,11 +100,10 @@ def run_plan(
     """Run `plan` against `running` and return the measured run as a JSON-ready dict."""
     barrier = ctx.Barrier(plan.clients + 1)
     results = ctx.Queue()
-    deadline = time.monotonic() + SETUP_TIMEOUT_S + time_budget_s
     procs = [
         ctx.Process(  # type: ignore[attr-defined]
             target=client_main,
-            args=(i, running.client_config, plan, barrier, results, deadline),
+            args=(i, running.client_config, plan, barrier, results, time_budget_s),
             daemon=True,
         )
         for i in range(plan.clients)
@@ -112,13 +111,13 @@ def run_plan(
     for proc in procs:
         proc.start()
     try:
-        return _measure(running, plan, barrier, results, deadline)
+        return _measure(running, plan, barrier, results, time_budget_s)
     finally:
         _reap(procs)
 
 
 def _measure(
-    running: Running, plan: Plan, barrier: Barrier, results: Any, deadline: float
+    running: Running, plan: Plan, barrier: Barrier, results: Any, time_budget_s: float
 ) -> dict[str, Any]:
     from threading import BrokenBarrierError
 
@@ -130,7 +129,7 @@ def _measure(
         log.debug("barrier broken: a client failed while connecting")
 
     collected: list[ClientResult] = []
-    wait_until = deadline + RESULT_GRACE_S
+    wait_until = time.monotonic() + time_budget_s + RESULT_GRACE_S
     while len(collected) < plan.clients:
         try:
             collected.append(results.get(timeout=max(0.1, wait_until - time.monotonic())))

@@ -30,9 +30,11 @@ def _ratio(row: dict[str, Any]) -> str:
 
 def _check(summary: dict[str, Any] | None) -> str:
     check = summary and summary.get("check")
+    incomplete = summary["incomplete_runs"] if summary else 0
+    prefix = f"{incomplete} run(s) cut at the time budget, " if incomplete else ""
     if not check:
-        return "n/a"
-    parts = [f"{check['runs_ok']}/{check['runs_checked']} ok"]
+        return prefix + "n/a"
+    parts = [f"{prefix}{check['runs_ok']}/{check['runs_checked']} ok"]
     if check["wrong_balances"]:
         parts.append(f"{check['wrong_balances']} wrong balances")
     if check["lost"] is not None:

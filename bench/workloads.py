@@ -109,7 +109,17 @@ FANOUT_PAIRS = 1_600  # 3,200 changes per point, split over its clients
 
 
 def _fanout_plan(pairs: int) -> Callable[[int], Plan]:
-    return lambda clients: Plan("cycle", clients, max(1, pairs // clients), SPREAD_ACCOUNTS)
+    """Return a plan maker whose accounts are named after the client count.
+
+    The fanout points of one worker count share one server, so each point needs accounts
+    of its own for its final counts to be checked.
+    """
+
+    def plan(clients: int) -> Plan:
+        accounts = tuple(f"fanout{clients}-{i}" for i in range(len(SPREAD_ACCOUNTS)))
+        return Plan("cycle", clients, max(1, pairs // clients), accounts)
+
+    return plan
 
 
 # TODO: `batch` (many changes per request) and `pipeline` (many requests in flight per
