@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import zmq
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL_MS = 100  # how often the loop checks for a stop request
 FORWARD_BATCH = 256  # messages taken from one socket before the others get a turn
+DRAIN_TIMEOUT = 20.0  # seconds the workers get to finish their queues on shutdown
 
 
 @dataclass
@@ -212,22 +214,33 @@ class Broker(threading.Thread):
             )
 
     def _drain(self, router: zmq.Socket[bytes], workers: list[zmq.Socket[bytes]]) -> None:
-        """Stop the workers after what they have queued; refuse requests that arrive meanwhile."""
-        for socket in workers:
-            socket.send(STOP)  # blocks only while that worker's queue is full
+        """Stop the workers after what they have queued; refuse requests that arrive meanwhile.
 
+        Gives up after DRAIN_TIMEOUT seconds, for instance when a worker has died.
+        """
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        pending_stop = list(workers)
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         for socket in workers:
             poller.register(socket, zmq.POLLIN)
+
         running = len(workers)
-        while running:
+        while running and time.monotonic() < deadline:
+            for socket in list(pending_stop):
+                try:
+                    socket.send(STOP, zmq.NOBLOCK)
+                    pending_stop.remove(socket)
+                except zmq.Again:
+                    pass  # that worker's queue is full; try again after the next poll
             ready = dict(poller.poll(POLL_INTERVAL_MS))
             for socket in workers:
                 if socket in ready:
                     running -= self._forward_replies(router, socket)
             if router in ready:
                 self._refuse_requests(router)
+        if running:
+            log.error("%d workers did not stop within %s s", running, DRAIN_TIMEOUT)
 
     def _refuse_requests(self, router: zmq.Socket[bytes]) -> None:
         for _ in range(FORWARD_BATCH):
