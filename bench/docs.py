@@ -38,10 +38,12 @@ How to read the tables:
   min-max is the spread over the repetitions.
 - vs zmq-mem: the row's median divided by zmqbalance in memory's on the same workload;
   above 1 is slower than zmqbalance.
+- on the latency workload the ratio divides p99 latencies instead of wall times.
 - srv CPU s/1k: CPU seconds (user + system, all threads) the server process spent per
   1,000 changes, read from its CPU-time clock (`clock_gettime`, nanoseconds) before and
-  after the timed window. It varies less than wall time on a busy
-  machine. The lock rows put their work in the clients, so their server CPU is low.
+  after the timed window. It varies less than wall time on a busy machine.
+- p50, p99, p99.9 us: percentiles of single-change latency in microseconds, measured in
+  the clients, all clients of a run pooled, median over the repetitions.
 - check: after each run the bench reads every touched account back (zmqbalance `balance`,
   Redis `GET`) and compares with what the clients sent: every balance must be 0, and for
   zmqbalance every change count must match. `lost` and `doubled` count changes missing
@@ -50,6 +52,18 @@ How to read the tables:
   (the library default is 100 ms); pottery's `Redlock` keeps its own random 0-200 ms
   back-off. Both hold the lock for GET and SET of `cb:balance:<account>`.
 """
+
+
+def engine_workers(result: dict[str, Any]) -> str:
+    """Return the worker counts zmqbalance reported on ping in the non-fanout rows."""
+    counts = {
+        run["server_info"].get("workers")
+        for row in result["rows"]
+        if row["system"].startswith("zmq") and not row["variant"]
+        for run in row["runs"]
+    }
+    counts.discard(None)
+    return ", ".join(str(c) for c in sorted(counts)) or "-"
 
 
 def machine_section(result: dict[str, Any]) -> str:
@@ -62,7 +76,9 @@ def machine_section(result: dict[str, Any]) -> str:
         f"- command: `{result['command']}`",
         f"- CPU: {m['cpu_model']}, nproc {m['nproc']}",
         f"- Python {m['python']}, {m['platform']}",
+        f"- temporary directory (Redis AOF, zmqbalance journal): {m.get('tmp_fs', '-')}",
         f"- repetitions per row: {options['repeat']}{' (quick mode)' if options['quick'] else ''}",
+        f"- zmqbalance worker threads outside the fanout table: {engine_workers(result)}",
     ])  # fmt: skip
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,24 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             row["ratio_to_baseline"] = mine["median"] / theirs["median"]
 
 
+def temp_filesystem() -> str:
+    """Return the temporary directory and the type of the filesystem it is on, from /proc/mounts.
+
+    The durable rows fsync there, so its filesystem matters to their numbers.
+    """
+    directory = os.path.realpath(tempfile.gettempdir())
+    best, fstype = "", "unknown"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            mount_point, kind = line.split()[1:3]
+            inside = directory == mount_point or directory.startswith(mount_point.rstrip("/") + "/")
+            if inside and len(mount_point) > len(best):
+                best, fstype = mount_point, kind
+    except (OSError, ValueError):
+        pass
+    return f"{directory} on {fstype}"
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     try:
@@ -125,6 +144,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {
+        "tmp_fs": temp_filesystem(),
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "python": platform.python_version(),

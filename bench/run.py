@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -210,6 +211,8 @@ class Bench:
         finally:
             code = running.stop()
             shutil.rmtree(rundir, ignore_errors=True)
+        if code not in (0, -signal.SIGTERM):
+            progress(f"{label}: warning: server exited with code {code} after SIGTERM")
         for run in runs:
             run["server_exit_code"] = code
         return runs
