@@ -24,13 +24,18 @@ INTRO = """\
 
 Every number on this page was measured by the bench in `bench/` in one run on the machine
 below; rerun it with the command shown. The bench starts each server itself on a free
-127.0.0.1 port: zmqbalance (`python3 -m zmqbalance serve`), Debian's `redis-server` with no
-persistence or with `appendonly yes` and `appendfsync always`, and `bench/echo_server.py`,
-a bare pyzmq ROUTER loop that replies to every request with one fixed msgpack reply and is the
-floor for any Python ZeroMQ service. Clients are separate processes, one request in flight
-each, started before a barrier and timed from it; each sends one warm-up request before
-the barrier, so connection set-up is not timed. zmqbalance and echo clients speak the wire
-contract on raw pyzmq REQ sockets.
+127.0.0.1 port:
+
+- zmqbalance (`python3 -m zmqbalance serve`), in memory and with `--fsync always`;
+- Debian's `redis-server`, with no persistence or with `appendonly yes` and
+  `appendfsync always`;
+- `bench/echo_server.py`, a bare pyzmq ROUTER loop that replies to every request with one
+  fixed msgpack reply. It is the floor for any Python ZeroMQ service.
+
+Clients are separate processes with one request in flight each, timed from a barrier that
+they all pass together. Each sends one warm-up request before the barrier, so connection
+set-up is not timed. zmqbalance and echo clients speak the wire contract on raw pyzmq REQ
+sockets.
 
 How to read the tables:
 
@@ -69,6 +74,13 @@ def engine_workers(result: dict[str, Any]) -> str:
 def machine_section(result: dict[str, Any]) -> str:
     m = result["machine"]
     options = result["options"]
+    load = result.get("load_average")
+    versions = ", ".join(f"{k} {v}" for k, v in m.get("software", {}).items()) or "-"
+    load_lines = []
+    if load:
+        load_lines.append(
+            f"- load average (1, 5, 15 min) at start: {load['start']}, at end: {load['end']}"
+        )
     return "\n".join([
         "## Machine and command",
         "",
@@ -76,10 +88,11 @@ def machine_section(result: dict[str, Any]) -> str:
         f"- command: `{result['command']}`",
         f"- CPU: {m['cpu_model']}, nproc {m['nproc']}",
         f"- Python {m['python']}, {m['platform']}",
+        f"- software: {versions}",
         f"- temporary directory (Redis AOF, zmqbalance journal): {m.get('tmp_fs', '-')}",
         f"- repetitions per row: {options['repeat']}{' (quick mode)' if options['quick'] else ''}",
         f"- zmqbalance worker threads outside the fanout table: {engine_workers(result)}",
-    ])  # fmt: skip
+    ] + load_lines)  # fmt: skip
 
 
 def render_docs(result: dict[str, Any]) -> str:

@@ -9,16 +9,20 @@ Server CPU is in seconds per 1,000 changes, summed over all threads of the serve
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.systems import BASELINE, SYSTEMS
+import zmq
+
+from bench.systems import BASELINE, REDIS_SERVER, SYSTEMS
 from bench.workloads import WORKLOADS
 
 SCHEMA_VERSION = 1
@@ -134,6 +138,34 @@ def temp_filesystem() -> str:
     return f"{directory} on {fstype}"
 
 
+def load_average() -> str:
+    """Return the 1, 5 and 15 minute load averages from /proc/loadavg, or "unknown"."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def software() -> dict[str, str]:
+    """Return the versions of the servers and client libraries the rows depend on."""
+    versions = {"pyzmq": zmq.pyzmq_version(), "libzmq": zmq.zmq_version()}
+    for package in ("msgpack", "redis", "pottery"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    try:
+        done = subprocess.run(
+            [REDIS_SERVER, "--version"], capture_output=True, text=True, timeout=10
+        )
+        # "Redis server v=7.0.15 sha=... malloc=..." -> "7.0.15"
+        fields = [f for f in done.stdout.split() if f.startswith("v=")]
+        versions["redis-server"] = fields[0][2:] if fields else done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        versions["redis-server"] = "not installed"
+    return versions
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     try:
@@ -145,6 +177,7 @@ def machine() -> dict[str, Any]:
         pass
     return {
         "tmp_fs": temp_filesystem(),
+        "software": software(),
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "python": platform.python_version(),
@@ -153,7 +186,11 @@ def machine() -> dict[str, Any]:
 
 
 def build(
-    rows: dict[str, dict[str, Any]], args: argparse.Namespace, argv: list[str], started: float
+    rows: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    argv: list[str],
+    started: float,
+    load_at_start: str,
 ) -> dict[str, Any]:
     """Return the whole result document: machine, options, and every row with its summary."""
     row_list = sorted(rows.values(), key=_row_order)
@@ -166,6 +203,8 @@ def build(
         "duration_s": round(time.time() - started, 1),
         "command": " ".join(["python3 -m bench", *argv]),
         "machine": machine(),
+        # Other processes on the machine slow the wall times; server CPU per change less so.
+        "load_average": {"start": load_at_start, "end": load_average()},
         "options": {
             "systems": args.system_list,
             "workloads": args.workload_list,

@@ -88,7 +88,7 @@ class Workload:
     clients: int = 10
     quick_clients: int = 2
     only_systems: frozenset[str] | None = None
-    # Systems run only when --systems names them, because one repetition takes minutes.
+    # Systems that run only when --systems names them, because they are slow at this size.
     opt_in_systems: frozenset[str] = frozenset()
     points: tuple[tuple[int, int], ...] = ()
     quick_points: tuple[tuple[int, int], ...] = ()
