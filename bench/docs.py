@@ -92,7 +92,7 @@ def machine_section(result: dict[str, Any]) -> str:
         f"- temporary directory (Redis AOF, zmqbalance journal): {m.get('tmp_fs', '-')}",
         f"- repetitions per row: {options['repeat']}{' (quick mode)' if options['quick'] else ''}",
         f"- zmqbalance worker threads outside the fanout table: {engine_workers(result)}",
-    ] + load_lines)  # fmt: skip
+    ] + load_lines + [f"- note: {note}" for note in result.get("notes", [])])  # fmt: skip
 
 
 def render_docs(result: dict[str, Any]) -> str:

@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="stop a run's clients after this many seconds (default: the workload's, 120 s)",
     )
+    parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a remark about this run for the JSON and the docs page; repeatable",
+    )
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     parser.add_argument(
         "--write-docs", action="store_true", help=f"also render the results into {DOCS_PATH}"
@@ -251,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.run_all()
     command_args = argv if argv is not None else sys.argv[1:]
     result = report.build(bench.rows, args, command_args, started, load_at_start)
+    result["notes"] = args.note
     print(report.render_text(result))
     paths = report.write_json(result, args.results_dir)
     progress(f"results: {', '.join(str(p) for p in paths)}")
