@@ -79,6 +79,10 @@ class ServerProcess:
         for line in self.process.stderr:
             self.log_lines.append(line)
 
+    def interrupt(self, timeout: float = 30.0) -> int:
+        """Send SIGINT, as Ctrl-C in a terminal does, and return the exit status."""
+        return self._signal(signal.SIGINT, timeout)
+
     def terminate(self, timeout: float = 30.0) -> int:
         """Send SIGTERM and return the exit status."""
         return self._signal(signal.SIGTERM, timeout)

@@ -241,6 +241,7 @@ class Broker(threading.Thread):
                 self._refuse_requests(router)
         if running:
             log.error("%d workers did not stop within %s s", running, DRAIN_TIMEOUT)
+        self._refuse_requests(router)  # what arrived after the last poll
 
     def _refuse_requests(self, router: zmq.Socket[bytes]) -> None:
         for _ in range(FORWARD_BATCH):

@@ -86,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="commands queued per worker before new ones get 'busy' (default: %(default)s)",
     )
     serve.add_argument(
+        "--line-bind",
+        metavar="HOST:PORT",
+        help="serve the old TCP line protocol here, e.g. 127.0.0.1:7071 (default: off)",
+    )
+    serve.add_argument(
+        "--http-bind",
+        metavar="HOST:PORT",
+        help="serve the old HTTP API here, e.g. 127.0.0.1:7080 (default: off)",
+    )
+    serve.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -157,6 +167,8 @@ def _serve(args: argparse.Namespace) -> int:
             snapshot_bytes=args.snapshot_bytes,
             segment_bytes=args.segment_bytes,
             test_hooks=os.environ.get(TEST_HOOKS_VARIABLE) == "1",
+            line_bind=args.line_bind,
+            http_bind=args.http_bind,
         )
         Server(config).serve_forever()
     except (ValueError, OSError, ZmqBalanceError) as exc:

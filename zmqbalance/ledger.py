@@ -28,8 +28,8 @@ BALANCE = "balance"
 CHANGE_OPS = (PLUS_FUNDS, SUB_FUNDS)
 RID_CONFLICT = "rid_conflict"
 
-# Remembered rids per ledger (per worker). At about 250 bytes each, 100,000 rids cost about
-# 25 MB per worker.
+# Remembered rids per ledger (per worker). At about 390 bytes each (16-byte rids, measured
+# with tracemalloc), 100,000 rids cost about 40 MB per worker.
 DEFAULT_RID_WINDOW = 100_000
 
 Rid = str | bytes

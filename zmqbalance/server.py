@@ -28,6 +28,7 @@ from zmqbalance.datadir import (
     recover,
     worker_directory,
 )
+from zmqbalance.gateways import Gateway, check_gateway_address, start_gateways, stop_gateways
 from zmqbalance.journal import DEFAULT_SEGMENT_BYTES, FSYNC_MODES
 from zmqbalance.ledger import DEFAULT_RID_WINDOW, Ledger
 from zmqbalance.money import check_scale
@@ -63,9 +64,13 @@ class Config:
     max_frame_bytes: int = MAX_FRAME_BYTES
     rid_window: int = DEFAULT_RID_WINDOW
     test_hooks: bool = False
+    line_bind: str | None = None  # old TCP line protocol gateway, HOST:PORT
+    http_bind: str | None = None  # old HTTP API gateway, HOST:PORT
 
     def __post_init__(self) -> None:
         check_scale(self.scale)
+        check_gateway_address(self.line_bind)
+        check_gateway_address(self.http_bind)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.fsync not in FSYNC_MODES:
@@ -82,6 +87,8 @@ class Server:
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.workers: list[Worker] = []
         self.broker: Broker | None = None
+        self.gateways: list[Gateway] = []
+        self._stopped = False
         self._prefix = f"inproc://zmqbalance-{os.getpid()}-{next(_server_ids)}"
 
     def __repr__(self) -> str:
@@ -130,6 +137,15 @@ class Server:
             error = self.broker.bind_error
             self.stop()
             raise OSError(f"cannot bind the front end to {config.bind}: {error}") from error
+        # Gateways are clients of the front end, so they start after it binds.
+        assert self.endpoint is not None
+        try:
+            self.gateways = start_gateways(
+                self.endpoint, line_bind=config.line_bind, http_bind=config.http_bind
+            )
+        except OSError:
+            self.stop()
+            raise
         log.info(
             "zmqbalance started on %s with %d workers, scale %d, %s%s",
             self.endpoint,
@@ -169,6 +185,10 @@ class Server:
 
     def stop(self) -> None:
         """Finish queued commands, send their replies, stop every thread and free the sockets."""
+        if self._stopped:
+            return
+        self._stopped = True
+        stop_gateways(self.gateways)  # first, so their last commands still reach the broker
         if self.broker is not None and self.broker.is_alive():
             self.broker.stop_requested.set()
             self.broker.join(STOP_TIMEOUT)
