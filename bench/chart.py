@@ -13,10 +13,10 @@ OTHER_COLOR = "#4878a8"
 def draw(result: dict[str, Any], directory: Path) -> str:
     """Draw wall-time medians with min-max bars, one panel per wall workload; return a note."""
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return "chart skipped: matplotlib is not installed (pip install -e '.[chart]')"
 
