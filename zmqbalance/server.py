@@ -110,6 +110,7 @@ class Server:
             )
             worker = Worker(
                 index,
+                config.workers,
                 self.context,
                 f"{self._prefix}-worker-{index}",
                 ledger,
