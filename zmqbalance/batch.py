@@ -24,9 +24,11 @@ from zmqbalance.protocol import MAX_RID_BYTES, pack, read_account
 
 # One change after it is checked: op, account, minor units, rid.
 Change = tuple[str, str, int, "Rid | None"]
-# A worker's share of a batch: the gather id, (index, unchecked change) pairs, the detail flag,
-# and whether the client chose the worker (so the worker must check that it owns each account).
-Part = tuple[int, list[tuple[int, Any]], bool, bool]
+# A worker's share of a batch: the gather id, how many changes, the (index, unchecked change)
+# pairs, the detail flag, and the request frame itself. The broker passes a batch that the
+# client built for one partition as its frame (pairs None), so that it is not re-encoded; the
+# worker then decodes it and checks that it owns each account.
+Part = tuple[int, int, "list[tuple[int, Any]] | None", bool, "bytes | None"]
 
 
 @dataclass

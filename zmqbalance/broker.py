@@ -174,7 +174,7 @@ class Broker(threading.Thread):
             self._reply(router, envelope, ping)
             return
         if request.op == BATCH:
-            self._route_batch(router, envelope, request, batches)
+            self._route_batch(router, envelope, request, body, batches)
             return
 
         owner = owner_of(request.account, len(batches))
@@ -207,6 +207,7 @@ class Broker(threading.Thread):
         router: zmq.Socket[bytes],
         envelope: list[bytes],
         request: Request,
+        body: bytes,
         batches: list[list[Command]],
     ) -> None:
         """Split a batch into one part per owning worker, or answer it here if it cannot go."""
@@ -220,10 +221,11 @@ class Broker(threading.Thread):
             return
 
         for owner, items in parts.items():
-            if self.queued[owner] + sum(map(_weight, batches[owner])) + len(items) > self.queue_max:
+            size = len(items) if items is not None else len(request.changes)
+            if self.queued[owner] + sum(map(_weight, batches[owner])) + size > self.queue_max:
                 self.stats.busy += 1
                 busy = Busy(
-                    f"worker {owner} cannot queue {len(items)} more changes; nothing of the "
+                    f"worker {owner} cannot queue {size} more changes; nothing of the "
                     "batch was applied; retry later",
                     op=BATCH,
                     rid=request.rid,
@@ -238,13 +240,16 @@ class Broker(threading.Thread):
         gather.pending = len(parts)
         self.gathers[gather_id] = gather
         for owner, items in parts.items():
-            gather.sizes[owner] = len(items)
-            part = (gather_id, items, request.detail, request.partition is not None)
+            size = len(items) if items is not None else len(request.changes)
+            gather.sizes[owner] = size
+            frame = body if items is None else None
+            part = (gather_id, size, items, request.detail, frame)
             batches[owner].append(([], BATCH, "", 0, None, 0.0, part))
 
     def _split_batch(
         self, request: Request, gather: Gather, workers: int
-    ) -> dict[int, list[tuple[int, Any]]]:
+    ) -> dict[int, list[tuple[int, Any]] | None]:
+        """Group a batch's changes by owner; None stands for the whole batch, unsplit."""
         assert request.changes is not None
         if request.partition is not None:
             if not 0 <= request.partition < workers:
@@ -254,16 +259,19 @@ class Broker(threading.Thread):
                 )
             if not request.changes:
                 return {}
-            return {request.partition: list(enumerate(request.changes))}
+            return {request.partition: None}
 
-        parts: dict[int, list[tuple[int, Any]]] = {}
+        parts: dict[int, list[tuple[int, Any]] | None] = {}
         for index, change in enumerate(request.changes):
             try:
                 owner = owner_of(account_of(change), workers)
             except RequestError as exc:
                 gather.fail(index, exc)
                 continue
-            parts.setdefault(owner, []).append((index, change))
+            items = parts.get(owner)
+            if items is None:
+                items = parts[owner] = []
+            items.append((index, change))
         return parts
 
     def _on_bad_frames(
@@ -368,7 +376,7 @@ class Broker(threading.Thread):
 def _weight(command: Command) -> int:
     """How many changes a queued command stands for: a batch part counts each change."""
     part = command[6]
-    return 1 if part is None else len(part[1])
+    return 1 if part is None else part[1]
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str]:

@@ -196,7 +196,9 @@ class Worker(threading.Thread):
 
     def _apply_part(self, part: Part, records: list[Record]) -> list[Any]:
         """Apply each change of a batch part on its own; return the part's results."""
-        _, items, detail, client_partitioned = part
+        _, _, pairs, detail, frame = part
+        client_partitioned = frame is not None
+        items = enumerate(msgpack.unpackb(frame, raw=False)["changes"]) if frame else pairs or []
         result = PartResult()
         scale = self.ledger.scale
         for index, change in items:
