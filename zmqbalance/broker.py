@@ -7,20 +7,42 @@ as it arrives, so a slow account never delays a reply for another worker's accou
 
 Routing is explicit: ``partition.owner_of(account)`` picks the worker. A worker whose queue is
 full gets nothing more: the request is answered with ``busy`` instead of queueing without bound.
+
+Limits and high-water marks, so that no client can stall the loop or grow its memory:
+
+- ``ZMQ_MAXMSGSIZE`` on the front end is ``max_frame_bytes``. ZeroMQ checks it per frame in its
+  I/O thread, before it allocates the frame, and disconnects a peer that sends a larger frame.
+  The broker never sees that frame, so it is neither answered nor counted here.
+- Replies go out with ``ZMQ_ROUTER_MANDATORY`` and ``NOBLOCK``. A client that has gone, or that
+  stops reading until its pipe (``ZMQ_SNDHWM``, 1000 messages by default) is full, loses the
+  reply; it is counted in :attr:`BrokerStats.undeliverable_replies` and logged at a limited rate.
+  The change it reports was applied all the same.
+- Each inproc pipe to a worker is bounded by ``queue_max``; a request for a worker whose pipe is
+  full is answered ``busy`` and not applied. ZeroMQ adds the broker's ``SNDHWM`` and the
+  worker's ``RCVHWM`` on an inproc pipe, so up to ``2 * queue_max`` commands can be waiting.
+- A message with more than :data:`MAX_ENVELOPE_FRAMES` routing frames, or a routing frame longer
+  than :data:`MAX_ROUTING_ID_BYTES`, is answered with ``bad_request`` at its sender's identity
+  instead of echoing the envelope back.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import zmq
 
-from zmqbalance.errors import BadRequest, Busy, RequestError, Unavailable
+from zmqbalance.errors import BadRequest, Busy, InternalError, RequestError, Unavailable
+from zmqbalance.ledger import Rid
 from zmqbalance.partition import PARTITION_FUNCTION, owner_of
 from zmqbalance.protocol import (
     PING,
+    Request,
     decode_request,
     encode_exception,
     encode_ping,
@@ -33,17 +55,29 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL_MS = 100  # how often the loop checks for a stop request
 FORWARD_BATCH = 256  # messages taken from one socket before the others get a turn
+MAX_ENVELOPE_FRAMES = 16  # routing frames before the delimiter; each proxy hop adds one
+MAX_ROUTING_ID_BYTES = 255  # ZeroMQ's own limit on a routing id
+SHUTDOWN_LINGER_MS = 1000  # how long the last replies may take to reach the wire at shutdown
+
+# Test hook only (ZMQBALANCE_TEST_HOOKS=1): a request with ``hold_reply`` travels to its worker
+# with this marker and the delay in front of its envelope, and the broker keeps the reply until
+# it is due. A routing id never equals the marker: ZeroMQ generates 5-byte ids starting with a
+# zero byte, and ids chosen by applications must not start with a zero byte.
+HOLD_MARKER = b"\x00hold-reply"
+HELD_RIDS_REMEMBERED = 10_000  # a rid's reply is held once; a resend is answered at once
 
 
 @dataclass
 class BrokerStats:
-    """Counters of what the front end could not deliver or decode."""
+    """Counters of what the front end took in, rejected, and could not deliver."""
 
-    requests: int = 0
-    rejected: int = 0
-    busy: int = 0
-    dropped_frames: int = 0
-    undeliverable_replies: int = 0
+    requests: int = 0  # messages taken from the front end
+    rejected: int = 0  # answered with a request error: malformed frames, msgpack or values
+    busy: int = 0  # answered busy because the owning worker's queue was full
+    refused_unavailable: int = 0  # answered unavailable while shutting down
+    internal_errors: int = 0  # answered internal_error after a bug in the broker
+    undeliverable_replies: int = 0  # replies dropped: client gone or its pipe full
+    held_replies: int = 0  # test hook: replies held back by hold_reply
 
 
 class Broker(threading.Thread):
@@ -74,6 +108,9 @@ class Broker(threading.Thread):
         self.bind_error: Exception | None = None
         self.endpoint: str | None = None
         self._rate_limited = RateLimitedLog(log)
+        self._held: list[tuple[float, int, list[bytes]]] = []  # (due, sequence, frames) heap
+        self._held_sequence = itertools.count()
+        self._held_rids: OrderedDict[Rid, None] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<Broker {self.endpoint or self.bind} workers={len(self.worker_endpoints)}>"
@@ -91,7 +128,7 @@ class Broker(threading.Thread):
             raise
         finally:
             self.started.set()
-            router.close(linger=0)
+            router.close()  # LINGER is 0 unless _drain raised it to flush the last replies
             for socket in workers:
                 socket.close(linger=0)
 
@@ -119,12 +156,14 @@ class Broker(threading.Thread):
             poller.register(socket, zmq.POLLIN)
 
         while not self.stop_requested.is_set():
-            ready = dict(poller.poll(POLL_INTERVAL_MS))
+            ready = dict(poller.poll(self._poll_timeout()))
             for socket in workers:
                 if socket in ready:
                     self._forward_replies(router, socket)
             if router in ready:
                 self._take_requests(router, workers)
+            if self._held:
+                self._release_held(router, time.monotonic())
 
     def _take_requests(self, router: zmq.Socket[bytes], workers: list[zmq.Socket[bytes]]) -> None:
         for _ in range(FORWARD_BATCH):
@@ -132,7 +171,10 @@ class Broker(threading.Thread):
                 frames = router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._route(router, workers, frames)
+            try:
+                self._route(router, workers, frames)
+            except Exception as exc:
+                self._on_internal_error(router, frames, exc)
 
     def _route(
         self, router: zmq.Socket[bytes], workers: list[zmq.Socket[bytes]], frames: list[bytes]
@@ -150,17 +192,22 @@ class Broker(threading.Thread):
             self._rate_limited.warning(exc.code, "rejected request: %s: %s", exc.code, exc)
             self._reply(router, envelope, encode_exception(exc))
             return
+        hold = self._hold_for(request)
         if request.op == PING:
             ping = encode_ping(len(workers), self.scale, PARTITION_FUNCTION, request.rid)
-            self._reply(router, envelope, ping)
+            if hold:
+                self._hold([*envelope, ping], hold)
+            else:
+                self._reply(router, envelope, ping)
             return
 
         owner = owner_of(request.account, len(workers))
         command = pack_command(
             request.op, request.account, request.units, request.rid, request.seconds
         )
+        route = [HOLD_MARKER, repr(hold).encode(), *envelope] if hold else envelope
         try:
-            workers[owner].send_multipart([*envelope, command], zmq.NOBLOCK)
+            workers[owner].send_multipart([*route, command], zmq.NOBLOCK)
         except zmq.Again:
             self.stats.busy += 1
             busy = Busy(
@@ -172,6 +219,47 @@ class Broker(threading.Thread):
             self._rate_limited.warning("busy", "answered busy: %s", busy)
             self._reply(router, envelope, encode_exception(busy))
 
+    def _on_internal_error(
+        self, router: zmq.Socket[bytes], frames: list[bytes], exc: Exception
+    ) -> None:
+        """Answer internal_error for a request that made the broker fail, and keep serving."""
+        self.stats.internal_errors += 1
+        self._rate_limited.exception(
+            "internal", "broker failed on a request from client %s: %s", frames[0].hex(), exc
+        )
+        error = InternalError("the server failed on this request; see its log")
+        self._reply(router, split_envelope(frames)[0], encode_exception(error))
+
+    def _hold_for(self, request: Request) -> float:
+        """Return how long to hold this request's reply: its hold_reply, once per rid."""
+        if not request.hold_reply:
+            return 0.0
+        if request.rid is not None:
+            if request.rid in self._held_rids:
+                return 0.0
+            self._held_rids[request.rid] = None
+            if len(self._held_rids) > HELD_RIDS_REMEMBERED:
+                self._held_rids.popitem(last=False)
+        return request.hold_reply
+
+    def _hold(self, frames: list[bytes], seconds: float) -> None:
+        self.stats.held_replies += 1
+        due = time.monotonic() + seconds
+        heapq.heappush(self._held, (due, next(self._held_sequence), frames))
+
+    def _release_held(self, router: zmq.Socket[bytes], now: float) -> None:
+        """Send every held reply that is due at ``now``; ``math.inf`` sends them all."""
+        while self._held and self._held[0][0] <= now:
+            _, _, frames = heapq.heappop(self._held)
+            self._send(router, frames)
+
+    def _poll_timeout(self) -> int:
+        """Return the poll timeout in ms: the stop check interval, or less if a reply is due."""
+        if not self._held:
+            return POLL_INTERVAL_MS
+        due_in_ms = (self._held[0][0] - time.monotonic()) * 1000
+        return max(0, min(POLL_INTERVAL_MS, int(due_in_ms) + 1))
+
     def _on_bad_frames(
         self, router: zmq.Socket[bytes], envelope: list[bytes], problem: str
     ) -> None:
@@ -179,7 +267,10 @@ class Broker(threading.Thread):
         self._rate_limited.warning("frames", "rejected message: %s", problem)
         self._reply(router, envelope, encode_exception(BadRequest(problem)))
 
-    def _forward_replies(self, router: zmq.Socket[bytes], worker: zmq.Socket[bytes]) -> int:
+    def _forward_replies(
+        self, router: zmq.Socket[bytes], worker: zmq.Socket[bytes], *, hold: bool = True
+    ) -> int:
+        """Send a worker's replies on to their clients; return how many STOPPED it reported."""
         stopped = 0
         for _ in range(FORWARD_BATCH):
             try:
@@ -189,6 +280,11 @@ class Broker(threading.Thread):
             if frames == [STOPPED]:
                 stopped += 1
                 continue
+            if frames[0] == HOLD_MARKER:
+                seconds, frames = float(frames[1]), frames[2:]
+                if hold:
+                    self._hold(frames, seconds)
+                    continue
             self._send(router, frames)
         return stopped
 
@@ -212,7 +308,15 @@ class Broker(threading.Thread):
             )
 
     def _drain(self, router: zmq.Socket[bytes], workers: list[zmq.Socket[bytes]]) -> None:
-        """Stop the workers after what they have queued; refuse requests that arrive meanwhile."""
+        """Stop the workers after what they have queued; refuse requests that arrive meanwhile.
+
+        Every command already handed to a worker is applied and answered. Requests that arrive
+        from now on, and those still waiting in the front end, are answered ``unavailable``
+        and not applied. Held replies are sent at once. The front end then gets
+        :data:`SHUTDOWN_LINGER_MS` to write the last replies before it closes.
+        """
+        log.info("stopping: finishing the queued commands, refusing new ones")
+        self._release_held(router, float("inf"))
         for socket in workers:
             socket.send(STOP)  # blocks only while that worker's queue is full
 
@@ -225,9 +329,21 @@ class Broker(threading.Thread):
             ready = dict(poller.poll(POLL_INTERVAL_MS))
             for socket in workers:
                 if socket in ready:
-                    running -= self._forward_replies(router, socket)
+                    running -= self._forward_replies(router, socket, hold=False)
             if router in ready:
                 self._refuse_requests(router)
+
+        self._refuse_requests(router)
+        router.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
+        log.info(
+            "broker stopped after %d requests: %d rejected, %d busy, %d refused while stopping, "
+            "%d replies undeliverable",
+            self.stats.requests,
+            self.stats.rejected,
+            self.stats.busy,
+            self.stats.refused_unavailable,
+            self.stats.undeliverable_replies,
+        )
 
     def _refuse_requests(self, router: zmq.Socket[bytes]) -> None:
         for _ in range(FORWARD_BATCH):
@@ -235,6 +351,8 @@ class Broker(threading.Thread):
                 frames = router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self.stats.requests += 1
+            self.stats.refused_unavailable += 1
             envelope, body, _ = split_envelope(frames)
             refusal = Unavailable(
                 "the server is shutting down; retry after it restarts",
@@ -260,7 +378,21 @@ def split_envelope(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str]
             None,
             f"expected a body frame after the identity, got {len(frames) - 1} frames",
         )
+
+    if delimiter > 1 and not _is_routing_envelope(frames[1:delimiter]):
+        return (
+            [frames[0], b""],
+            None,
+            f"the envelope must have at most {MAX_ENVELOPE_FRAMES} routing frames of at most "
+            f"{MAX_ROUTING_ID_BYTES} bytes each, got {delimiter} frames",
+        )
     envelope, rest = frames[: delimiter + 1], frames[delimiter + 1 :]
     if len(rest) == 1:
         return envelope, rest[0], ""
     return envelope, None, f"expected one body frame after the empty delimiter, got {len(rest)}"
+
+
+def _is_routing_envelope(frames: list[bytes]) -> bool:
+    if len(frames) >= MAX_ENVELOPE_FRAMES:
+        return False
+    return all(len(frame) <= MAX_ROUTING_ID_BYTES for frame in frames)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from zmqbalance.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
 from zmqbalance.errors import ZmqBalanceError
+from zmqbalance.protocol import MAX_FRAME_BYTES
 from zmqbalance.server import (
     DEFAULT_BIND,
     DEFAULT_QUEUE_MAX,
@@ -50,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_QUEUE_MAX,
         help="commands queued per worker before new ones get 'busy' (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=MAX_FRAME_BYTES,
+        help="largest request frame in bytes; ZeroMQ disconnects a client that sends a larger "
+        "one (default: %(default)s)",
     )
     serve.add_argument(
         "--log-level",
@@ -112,6 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
             scale=args.scale,
             allow_negative=args.allow_negative,
             queue_max=args.queue_max,
+            max_frame_bytes=args.max_frame_bytes,
             test_hooks=os.environ.get(TEST_HOOKS_VARIABLE) == "1",
         )
         Server(config).serve_forever()

@@ -21,7 +21,7 @@ from zmqbalance.broker import Broker
 from zmqbalance.journal import NullJournal
 from zmqbalance.ledger import DEFAULT_RID_WINDOW, Ledger
 from zmqbalance.money import check_scale
-from zmqbalance.protocol import MAX_FRAME_BYTES
+from zmqbalance.protocol import MAX_FRAME_BYTES, MIN_FRAME_BYTES
 from zmqbalance.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ class Config:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.queue_max < 1:
             raise ValueError(f"queue_max must be at least 1, got {self.queue_max}")
+        if self.max_frame_bytes < MIN_FRAME_BYTES:
+            raise ValueError(
+                f"max_frame_bytes must be at least {MIN_FRAME_BYTES}, got {self.max_frame_bytes}"
+            )
 
 
 class Server:
