@@ -1,8 +1,18 @@
-"""Shared fixtures: real servers on free loopback ports, in-process or as child processes."""
+"""Shared fixtures: real servers on free loopback ports, in-process or as child processes.
+
+`server` runs ``zmqbalance serve --workers 4`` as a child process. Other
+options come through indirect parametrization:
+
+    @pytest.mark.parametrize(
+        "server", [{"workers": 2, "extra_args": ["--allow-negative"]}], indirect=True
+    )
+"""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import zmq
@@ -12,6 +22,8 @@ from zmqbalance import Client
 from zmqbalance.server import Config, Server
 
 ServerFactory = Callable[..., ServerProcess]
+
+SERVER_STOP_TIMEOUT = 10.0  # seconds a server gets to exit after SIGTERM at teardown
 
 
 @pytest.fixture
@@ -59,7 +71,11 @@ def client(engine: Server, client_factory: Callable[..., Client]) -> Client:
 
 @pytest.fixture
 def server_factory() -> Iterator[ServerFactory]:
-    """Start ``zmqbalance serve`` child processes; each is killed by pid after the test."""
+    """Start ``zmqbalance serve`` child processes; each is stopped by pid after the test.
+
+    Teardown sends SIGTERM and falls back to SIGKILL when a server has not
+    exited within SERVER_STOP_TIMEOUT.
+    """
     started: list[ServerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
@@ -69,13 +85,23 @@ def server_factory() -> Iterator[ServerFactory]:
 
     yield start
     for server in started:
-        server.kill()
+        try:
+            server.terminate(timeout=SERVER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 @pytest.fixture
-def server(server_factory: ServerFactory) -> ServerProcess:
-    """A ``zmqbalance serve`` child process with 4 workers, in memory."""
-    return server_factory("--workers", "4")
+def server(request: pytest.FixtureRequest, server_factory: ServerFactory) -> ServerProcess:
+    """A ``zmqbalance serve`` child process, in memory, with 4 workers by default.
+
+    Indirect parametrization may pass `workers` (int) and `extra_args`
+    (more ``serve`` arguments).
+    """
+    options: dict[str, Any] = getattr(request, "param", {})
+    workers = options.get("workers", 4)
+    extra_args = options.get("extra_args", ())
+    return server_factory("--workers", str(workers), *extra_args)
 
 
 @pytest.fixture

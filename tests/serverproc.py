@@ -17,7 +17,10 @@ _STARTED = re.compile(r"zmqbalance started on (tcp://\S+)")
 
 
 class ServerProcess:
-    """A ``zmqbalance serve`` child bound to a free loopback port, with its log kept."""
+    """A ``zmqbalance serve`` child bound to a free loopback port, with its log kept.
+
+    The server keeps its balances in memory unless ``args`` name ``--data-dir``.
+    """
 
     def __init__(self, args: Sequence[str] = (), *, env: dict[str, str] | None = None) -> None:
         self.args = list(args)
@@ -37,7 +40,17 @@ class ServerProcess:
         return "".join(self.log_lines)
 
     def start(self, bind: str = "tcp://127.0.0.1:*") -> ServerProcess:
-        command = [sys.executable, "-m", "zmqbalance", "serve", "--bind", bind, *self.args]
+        storage = [] if {"--data-dir", "--in-memory"} & set(self.args) else ["--in-memory"]
+        command = [
+            sys.executable,
+            "-m",
+            "zmqbalance",
+            "serve",
+            "--bind",
+            bind,
+            *storage,
+            *self.args,
+        ]
         self.process = subprocess.Popen(
             command,
             stderr=subprocess.PIPE,
@@ -65,6 +78,10 @@ class ServerProcess:
         assert self.process is not None and self.process.stderr is not None
         for line in self.process.stderr:
             self.log_lines.append(line)
+
+    def interrupt(self, timeout: float = 30.0) -> int:
+        """Send SIGINT, as Ctrl-C in a terminal does, and return the exit status."""
+        return self._signal(signal.SIGINT, timeout)
 
     def terminate(self, timeout: float = 30.0) -> int:
         """Send SIGTERM and return the exit status."""

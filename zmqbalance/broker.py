@@ -65,6 +65,7 @@ SHUTDOWN_LINGER_MS = 1000  # how long the last replies may take to reach the wir
 # zero byte, and ids chosen by applications must not start with a zero byte.
 HOLD_MARKER = b"\x00hold-reply"
 HELD_RIDS_REMEMBERED = 10_000  # a rid's reply is held once; a resend is answered at once
+DRAIN_TIMEOUT = 20.0  # seconds the workers get to finish their queues on shutdown
 
 
 @dataclass
@@ -312,28 +313,36 @@ class Broker(threading.Thread):
 
         Every command already handed to a worker is applied and answered. Requests that arrive
         from now on, and those still waiting in the front end, are answered ``unavailable``
-        and not applied. Held replies are sent at once. The front end then gets
+        and not applied. Held replies are sent at once. Gives up after :data:`DRAIN_TIMEOUT`
+        seconds, for instance when a worker has died. The front end then gets
         :data:`SHUTDOWN_LINGER_MS` to write the last replies before it closes.
         """
         log.info("stopping: finishing the queued commands, refusing new ones")
         self._release_held(router, float("inf"))
-        for socket in workers:
-            socket.send(STOP)  # blocks only while that worker's queue is full
-
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        pending_stop = list(workers)
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         for socket in workers:
             poller.register(socket, zmq.POLLIN)
+
         running = len(workers)
-        while running:
+        while running and time.monotonic() < deadline:
+            for socket in list(pending_stop):
+                try:
+                    socket.send(STOP, zmq.NOBLOCK)
+                    pending_stop.remove(socket)
+                except zmq.Again:
+                    pass  # that worker's queue is full; try again after the next poll
             ready = dict(poller.poll(POLL_INTERVAL_MS))
             for socket in workers:
                 if socket in ready:
                     running -= self._forward_replies(router, socket, hold=False)
             if router in ready:
                 self._refuse_requests(router)
-
-        self._refuse_requests(router)
+        if running:
+            log.error("%d workers did not stop within %s s", running, DRAIN_TIMEOUT)
+        self._refuse_requests(router)  # what arrived after the last poll
         router.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
         log.info(
             "broker stopped after %d requests: %d rejected, %d busy, %d refused while stopping, "

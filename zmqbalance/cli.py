@@ -7,12 +7,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from zmqbalance.check import check_data_directory
 from zmqbalance.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
+from zmqbalance.datadir import DEFAULT_SNAPSHOT_BYTES
 from zmqbalance.errors import ZmqBalanceError
+from zmqbalance.journal import DEFAULT_SEGMENT_BYTES, FSYNC_MODES
 from zmqbalance.protocol import MAX_FRAME_BYTES
 from zmqbalance.server import (
     DEFAULT_BIND,
+    DEFAULT_DATA_DIR,
     DEFAULT_QUEUE_MAX,
     DEFAULT_SCALE,
     DEFAULT_WORKERS,
@@ -47,10 +52,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-negative", action="store_true", help="let debits take a balance below zero"
     )
     serve.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        help="directory of the journal and snapshots (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="keep balances in memory only; a restart starts from zero",
+    )
+    serve.add_argument(
+        "--fsync",
+        choices=FSYNC_MODES,
+        default="always",
+        help="always: fsync the journal before replying; off: write it to the operating "
+        "system only, which survives a killed process but not a power cut (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--snapshot-bytes",
+        type=int,
+        default=DEFAULT_SNAPSHOT_BYTES,
+        help="journal bytes a worker writes before it takes a snapshot (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--segment-bytes",
+        type=int,
+        default=DEFAULT_SEGMENT_BYTES,
+        help="size at which a journal segment is closed and a new one begun (default: %(default)s)",
+    )
+    serve.add_argument(
         "--queue-max",
         type=int,
         default=DEFAULT_QUEUE_MAX,
         help="commands queued per worker before new ones get 'busy' (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--line-bind",
+        metavar="HOST:PORT",
+        help="serve the old TCP line protocol here, e.g. 127.0.0.1:7071 (default: off)",
+    )
+    serve.add_argument(
+        "--http-bind",
+        metavar="HOST:PORT",
+        help="serve the old HTTP API here, e.g. 127.0.0.1:7080 (default: off)",
     )
     serve.add_argument(
         "--max-frame-bytes",
@@ -65,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging level (default: %(default)s)",
     )
+
+    check = commands.add_parser("check", help="verify a data directory offline and summarize it")
+    check.add_argument("directory", help="the data directory to check")
 
     for name, help_text in (("plus-funds", "credit an account"), ("sub-funds", "debit an account")):
         change = commands.add_parser(name, help=help_text)
@@ -101,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "check":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        return check_data_directory(Path(args.directory))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return _run_client_command(args)
@@ -121,12 +171,21 @@ def _serve(args: argparse.Namespace) -> int:
             allow_negative=args.allow_negative,
             queue_max=args.queue_max,
             max_frame_bytes=args.max_frame_bytes,
+            data_dir=None if args.in_memory else args.data_dir,
+            fsync=args.fsync,
+            snapshot_bytes=args.snapshot_bytes,
+            segment_bytes=args.segment_bytes,
             test_hooks=os.environ.get(TEST_HOOKS_VARIABLE) == "1",
+            line_bind=args.line_bind,
+            http_bind=args.http_bind,
         )
         Server(config).serve_forever()
     except (ValueError, OSError, ZmqBalanceError) as exc:
         log.error("cannot serve: %s", exc)
         return 2
+    except RuntimeError as exc:
+        log.error("stopped after a failure: %s", exc)
+        return 1
     return 0
 
 

@@ -29,6 +29,7 @@ from zmqbalance.errors import (
     ProtocolViolation,
     ServerError,
     TimedOut,
+    format_rid,
 )
 from zmqbalance.ledger import BALANCE, PLUS_FUNDS, SUB_FUNDS, Rid
 from zmqbalance.protocol import PING, pack
@@ -168,17 +169,20 @@ class Client:
         A rid is generated when neither ``rid`` nor ``message["rid"]`` gives one. Timeouts,
         ``busy`` and ``unavailable`` are retried with the same rid.
         """
-        rid = rid if rid is not None else message.get("rid") or new_rid()
+        if rid is None:
+            rid = message.get("rid")
+        if rid is None:
+            rid = new_rid()
         frame = pack({**message, "rid": rid})
         backoff = RETRY_BACKOFF
         for attempt in range(self.retries + 1):
             reply = self._attempt(frame, rid)
             if reply is None:
                 log.warning(
-                    "no reply from %s within %s s for rid %r (attempt %d of %d)",
+                    "no reply from %s within %s s for rid %s (attempt %d of %d)",
                     self.endpoint,
                     self.timeout,
-                    rid,
+                    format_rid(rid),
                     attempt + 1,
                     self.retries + 1,
                 )
@@ -186,7 +190,7 @@ class Client:
             if reply.get("ok") is True:
                 return reply
             if reply.get("error") in RETRYABLE_ERRORS and attempt < self.retries:
-                log.info("server answered %s for rid %r; retrying", reply["error"], rid)
+                log.info("server answered %s for rid %s; retrying", reply["error"], format_rid(rid))
                 time.sleep(backoff)
                 backoff *= 2
                 continue
@@ -209,11 +213,13 @@ class Client:
                 self.close()  # a REQ socket that lost its reply cannot send again
                 return None
             reply = _decode_reply(socket.recv())
-            if reply.get("rid") == rid:
+            if reply.get("rid", rid) == rid:
+                # A reply without a rid answers this request too: the server leaves the rid out
+                # only when it could not read it, as with invalid_rid or bad_request.
                 return reply
             # Only possible with a reused socket: a reply to an earlier, abandoned request.
             self.late_replies += 1
-            log.info("discarded a late reply for rid %r", reply.get("rid"))
+            log.info("discarded a late reply for rid %s", format_rid(reply.get("rid")))
             self.close()
             socket = self._connected_socket()
             socket.send(frame)

@@ -26,9 +26,10 @@ PLUS_FUNDS = "plus_funds"
 SUB_FUNDS = "sub_funds"
 BALANCE = "balance"
 CHANGE_OPS = (PLUS_FUNDS, SUB_FUNDS)
+RID_CONFLICT = "rid_conflict"
 
-# Remembered rids per ledger (per worker). At about 250 bytes each, 100,000 rids cost about
-# 25 MB per worker.
+# Remembered rids per ledger (per worker). At about 390 bytes each (16-byte rids, measured
+# with tracemalloc), 100,000 rids cost about 40 MB per worker.
 DEFAULT_RID_WINDOW = 100_000
 
 Rid = str | bytes
@@ -45,6 +46,17 @@ class Outcome:
     error: str | None = None
     message: str | None = None
     replay: bool = False
+
+
+def needs_record(outcome: Outcome, rid: Rid | None) -> bool:
+    """Tell whether an outcome of apply() is a new decision that the journal must keep.
+
+    Applied changes are kept, and so are refusals that carry a rid, so that the rid replays
+    the same refusal after a restart. Replays and rid conflicts decided nothing new.
+    """
+    if outcome.replay or outcome.error == RID_CONFLICT:
+        return False
+    return outcome.ok or rid is not None
 
 
 class Account:
@@ -143,7 +155,7 @@ class Ledger:
             return Outcome(
                 False,
                 account,
-                error="rid_conflict",
+                error=RID_CONFLICT,
                 message=(
                     f"rid {rid!r} was already used for {remembered.op} of "
                     f"{format_units(remembered.units, self.scale)} on account "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from zmqbalance.errors import InvalidAmount
 
@@ -82,19 +82,30 @@ def _text_units(text: str, scale: int) -> int:
 
 
 def _decimal_units(number: Decimal, original: object, scale: int) -> int:
-    """Scale an exact Decimal into minor units, rejecting digits past the scale."""
-    try:
-        if number.adjusted() > 19:  # at least 10**20 whole units: over MAX_UNITS at any scale
-            raise InvalidAmount(
-                f"amount {original!r} is over the maximum of {format_units(MAX_UNITS, scale)}"
-            )
-        scaled = number.scaleb(scale)
-        if scaled != scaled.to_integral_value():
+    """Scale an exact Decimal into minor units, rejecting digits past the scale.
+
+    The coefficient is scaled with int arithmetic. Decimal arithmetic would round to the context
+    precision (28 digits by default) and so hide a nonzero digit far past the scale.
+    """
+    if number.adjusted() > 19:  # at least 10**20 whole units: over MAX_UNITS at any scale
+        raise InvalidAmount(
+            f"amount {original!r} is over the maximum of {format_units(MAX_UNITS, scale)}"
+        )
+    sign, digits, exponent = number.as_tuple()
+    if not isinstance(exponent, int):  # NaN or infinity, which both callers reject first
+        raise InvalidAmount(f"amount {original!r} is not a valid number")
+
+    coefficient = int("".join(map(str, digits)))
+    shift = exponent + scale
+    units: int
+    if shift >= 0:
+        units = coefficient * 10**shift
+    else:
+        divisor: int = 10**-shift
+        units, remainder = divmod(coefficient, divisor)
+        if remainder:
             raise InvalidAmount(f"amount {original!r} has more than {scale} digits after the point")
-        units: int = int(scaled)
-        return units
-    except InvalidOperation as exc:
-        raise InvalidAmount(f"amount {original!r} is not a valid number") from exc
+    return -units if sign else units
 
 
 def format_units(units: int, scale: int) -> str:

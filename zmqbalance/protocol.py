@@ -143,16 +143,17 @@ def decode_request(frame: bytes, scale: int, *, debug_ops: bool = False) -> Requ
 
 
 def _validate(message: dict[Any, Any], rid: Rid | None, scale: int, debug_ops: bool) -> Request:
-    _check_keys(message, debug_ops)
-
     op = message.get("op")
     if op is None:
+        _check_keys(message, debug_ops)
         raise BadRequest("request has no op")
     if not isinstance(op, str):
         raise BadRequest(f"op must be a string, got {type(op).__name__}")
     allowed = OP_KEYS.get(op) or (DEBUG_OP_KEYS.get(op) if debug_ops else None)
     if allowed is None:
         raise UnknownOp(f"unknown op {op!r:.40}; expected one of {', '.join(OPS)}", rid=rid)
+
+    _check_keys(message, debug_ops)
     for key in message:
         if key not in allowed and key != HOLD_REPLY:
             raise BadRequest(f"key {key!r} does not apply to op {op!r}")

@@ -12,23 +12,35 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 import zmq
 
 from zmqbalance.broker import Broker
-from zmqbalance.journal import NullJournal
+from zmqbalance.datadir import (
+    DEFAULT_SNAPSHOT_BYTES,
+    MemoryStore,
+    WorkerStore,
+    open_meta,
+    recover,
+    worker_directory,
+)
+from zmqbalance.gateways import Gateway, check_gateway_address, start_gateways, stop_gateways
+from zmqbalance.journal import DEFAULT_SEGMENT_BYTES, FSYNC_MODES
 from zmqbalance.ledger import DEFAULT_RID_WINDOW, Ledger
 from zmqbalance.money import check_scale
 from zmqbalance.protocol import MAX_FRAME_BYTES, MIN_FRAME_BYTES
-from zmqbalance.worker import Worker
+from zmqbalance.worker import Store, Worker
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BIND = "tcp://127.0.0.1:7070"
 DEFAULT_WORKERS = 4
 DEFAULT_SCALE = 6
+DEFAULT_DATA_DIR = "zmqbalance-data"
 DEFAULT_QUEUE_MAX = 10_000  # commands queued per worker before the broker answers busy
 START_TIMEOUT = 10.0  # seconds to wait for every thread to report that it started
 STOP_TIMEOUT = 30.0  # seconds the workers get to finish their queues on shutdown
@@ -44,15 +56,25 @@ class Config:
     workers: int = DEFAULT_WORKERS
     scale: int = DEFAULT_SCALE
     allow_negative: bool = False
+    data_dir: str | None = None  # None keeps everything in memory
+    fsync: str = "always"
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES
     queue_max: int = DEFAULT_QUEUE_MAX
     max_frame_bytes: int = MAX_FRAME_BYTES
     rid_window: int = DEFAULT_RID_WINDOW
     test_hooks: bool = False
+    line_bind: str | None = None  # old TCP line protocol gateway, HOST:PORT
+    http_bind: str | None = None  # old HTTP API gateway, HOST:PORT
 
     def __post_init__(self) -> None:
         check_scale(self.scale)
+        check_gateway_address(self.line_bind)
+        check_gateway_address(self.http_bind)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.fsync not in FSYNC_MODES:
+            raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}, got {self.fsync!r}")
         if self.queue_max < 1:
             raise ValueError(f"queue_max must be at least 1, got {self.queue_max}")
         if self.max_frame_bytes < MIN_FRAME_BYTES:
@@ -69,6 +91,8 @@ class Server:
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.workers: list[Worker] = []
         self.broker: Broker | None = None
+        self.gateways: list[Gateway] = []
+        self._stopped = False
         self._prefix = f"inproc://zmqbalance-{os.getpid()}-{next(_server_ids)}"
 
     def __repr__(self) -> str:
@@ -82,6 +106,8 @@ class Server:
     def start(self) -> None:
         """Start every thread; raise OSError if the front end cannot bind."""
         config = self.config
+        if config.data_dir is not None:
+            open_meta(Path(config.data_dir), config.scale, config.workers)
         for index in range(config.workers):
             ledger = Ledger(
                 config.scale, allow_negative=config.allow_negative, rid_window=config.rid_window
@@ -91,7 +117,7 @@ class Server:
                 self.context,
                 f"{self._prefix}-worker-{index}",
                 ledger,
-                NullJournal(),
+                self._open_store(index, ledger),
                 queue_max=config.queue_max,
             )
             worker.start()
@@ -115,16 +141,58 @@ class Server:
             error = self.broker.bind_error
             self.stop()
             raise OSError(f"cannot bind the front end to {config.bind}: {error}") from error
+        # Gateways are clients of the front end, so they start after it binds.
+        assert self.endpoint is not None
+        try:
+            self.gateways = start_gateways(
+                self.endpoint, line_bind=config.line_bind, http_bind=config.http_bind
+            )
+        except OSError:
+            self.stop()
+            raise
         log.info(
-            "zmqbalance started on %s with %d workers, scale %d%s",
+            "zmqbalance started on %s with %d workers, scale %d, %s%s",
             self.endpoint,
             config.workers,
             config.scale,
+            "in memory"
+            if config.data_dir is None
+            else f"data in {config.data_dir} (fsync {config.fsync})",
             ", negative balances allowed" if config.allow_negative else "",
+        )
+
+    def _open_store(self, index: int, ledger: Ledger) -> Store:
+        """Recover a worker's ledger from the data directory and open its journal."""
+        config = self.config
+        if config.data_dir is None:
+            return MemoryStore()
+        directory = worker_directory(Path(config.data_dir), index)
+        started = time.monotonic()
+        report = recover(directory, index, ledger, repair=True)
+        log.info(
+            "worker %d recovered %d accounts from snapshot seq %d and %d changes in %d "
+            "segments in %.3f s",
+            index,
+            len(ledger.accounts),
+            report.snapshot_seq,
+            report.changes,
+            report.segments,
+            time.monotonic() - started,
+        )
+        return WorkerStore(
+            directory,
+            report.next_seq,
+            fsync=config.fsync,
+            segment_bytes=config.segment_bytes,
+            snapshot_bytes=config.snapshot_bytes,
         )
 
     def stop(self) -> None:
         """Finish queued commands, send their replies, stop every thread and free the sockets."""
+        if self._stopped:
+            return
+        self._stopped = True
+        stop_gateways(self.gateways)  # first, so their last commands still reach the broker
         if self.broker is not None and self.broker.is_alive():
             self.broker.stop_requested.set()
             self.broker.join(STOP_TIMEOUT)
@@ -152,6 +220,9 @@ class Server:
             while not stop.wait(0.2):
                 if self.broker is not None and not self.broker.is_alive():
                     raise RuntimeError("the broker thread stopped unexpectedly")
+                for worker in self.workers:
+                    if not worker.is_alive():
+                        raise RuntimeError(f"worker {worker.index} stopped unexpectedly")
         finally:
             self.stop()
             for sig, handler in previous.items():

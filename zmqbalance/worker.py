@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
+from typing import Protocol
 
 import msgpack
 import zmq
 
-from zmqbalance.journal import Journal, Record
-from zmqbalance.ledger import BALANCE, CHANGE_OPS, Ledger, Outcome
+from zmqbalance.journal import Record
+from zmqbalance.ledger import BALANCE, CHANGE_OPS, Ledger, Outcome, needs_record
 from zmqbalance.protocol import DEBUG_SLEEP, encode_error, encode_outcome, pack
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,20 @@ log = logging.getLogger(__name__)
 MAX_GROUP = 1024  # commands committed together; bounds the latency one group adds
 STOP = b"\x00stop"
 STOPPED = b"\x00stopped"
+
+
+class Store(Protocol):
+    """Where a worker commits its groups: a data directory, or nothing for in-memory."""
+
+    def append(self, records: list[Record]) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def snapshot_due(self) -> bool: ...
+
+    def take_snapshot(self, ledger: Ledger) -> Path: ...
 
 
 def pack_command(op: str, account: str, units: int, rid: object, seconds: float) -> bytes:
@@ -44,7 +60,7 @@ class Worker(threading.Thread):
         context: zmq.Context[zmq.Socket[bytes]],
         endpoint: str,
         ledger: Ledger,
-        journal: Journal,
+        store: Store,
         *,
         queue_max: int,
     ) -> None:
@@ -53,7 +69,7 @@ class Worker(threading.Thread):
         self.context = context
         self.endpoint = endpoint
         self.ledger = ledger
-        self.journal = journal
+        self.store = store
         self.queue_max = queue_max
         self.started = threading.Event()
         self.groups = 0
@@ -79,7 +95,7 @@ class Worker(threading.Thread):
             raise
         finally:
             socket.close(linger=0)
-            self.journal.close()
+            self.store.close()
 
     def _serve(self, socket: zmq.Socket[bytes]) -> None:
         while True:
@@ -96,6 +112,8 @@ class Worker(threading.Thread):
             replies = self.process(group)
             for reply in replies:
                 socket.send_multipart(reply)
+            if self.store.snapshot_due():
+                self._snapshot()
             if stopping:
                 socket.send(STOPPED)
                 log.info("worker %d stopped after %d groups", self.index, self.groups)
@@ -111,11 +129,21 @@ class Worker(threading.Thread):
             replies.append(envelope)
 
         if records:
-            self.journal.append(records)
-            self.journal.sync()
+            # A failure here propagates and stops the worker before any reply of the group
+            # is sent: the ledger is ahead of the disk, and only a restart can reconcile them.
+            self.store.append(records)
+            self.store.sync()
         self.groups += 1
         self.commands += len(group)
         return replies
+
+    def _snapshot(self) -> None:
+        try:
+            self.store.take_snapshot(self.ledger)
+        except OSError:
+            # The journal still holds every change, so the engine is safe without this
+            # snapshot; recovery only takes longer. The next group tries again.
+            log.exception("worker %d could not take a snapshot", self.index)
 
     def _apply(self, body: bytes, records: list[Record]) -> bytes:
         op, account, units, rid, seconds = msgpack.unpackb(body)
@@ -127,7 +155,7 @@ class Worker(threading.Thread):
             )
             return encode_error("internal_error", f"the server failed on {op}; see its log", rid)
 
-        if op in CHANGE_OPS and not outcome.replay and (outcome.ok or rid is not None):
+        if op in CHANGE_OPS and needs_record(outcome, rid):
             records.append((op, account, units, rid, outcome.error, outcome.message))
         return encode_outcome(outcome, self.ledger.scale, rid)
 

@@ -1,0 +1,279 @@
+"""The data directory: its metadata, each worker's journal and snapshots, and recovery.
+
+Layout::
+
+    DIR/meta.json            format version, scale, worker count, partition function
+    DIR/worker-N/            one folder per worker, holding only the accounts that worker owns
+        journal-<seq>.log    segments of group records (see journal.py)
+        snapshot-<seq>.snap  snapshots (see snapshot.py); only the newest one is needed
+        torn/                copies of torn journal tails that recovery cut off
+
+Recovery of a worker loads its newest snapshot, then replays every group record after the
+snapshot's sequence number, checking that sequence numbers follow on without a gap. A torn tail
+of the newest segment is copied into ``torn/`` and cut off with a WARNING; a damaged record
+anywhere else stops the start with :class:`~zmqbalance.errors.JournalCorrupt`, which names the
+file and offset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zmqbalance import testhooks
+from zmqbalance.errors import ConfigMismatch, JournalCorrupt, StorageError
+from zmqbalance.journal import (
+    DEFAULT_SEGMENT_BYTES,
+    FileJournal,
+    Record,
+    TornTail,
+    fsync_directory,
+    list_segments,
+    read_segment,
+)
+from zmqbalance.ledger import Ledger
+from zmqbalance.partition import PARTITION_FUNCTION
+from zmqbalance.snapshot import TMP_SUFFIX, list_snapshots, read_snapshot, write_snapshot
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+TORN_FOLDER = "torn"
+DEFAULT_SNAPSHOT_BYTES = 256 << 20  # journal bytes written before a worker takes a snapshot
+
+
+@dataclass
+class Meta:
+    """What a data directory was created with; a server must start with the same."""
+
+    format: int
+    scale: int
+    workers: int
+    partition: str
+
+
+@dataclass
+class RecoveryReport:
+    """What recovering one worker found."""
+
+    worker: int
+    snapshot_seq: int = 0
+    snapshot_path: Path | None = None
+    segments: int = 0
+    groups: int = 0
+    changes: int = 0
+    next_seq: int = 1
+    torn: list[TornTail] = field(default_factory=list)
+
+
+def open_meta(directory: Path, scale: int, workers: int) -> Meta:
+    """Create the data directory's metadata, or check it against the server's options."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / META_FILE
+    if not path.exists():
+        meta = Meta(FORMAT_VERSION, scale, workers, PARTITION_FUNCTION)
+        temporary = path.with_name(META_FILE + TMP_SUFFIX)
+        temporary.write_text(json.dumps(meta.__dict__, indent=2) + "\n")
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.rename(temporary, path)
+        fsync_directory(directory)
+        return meta
+
+    meta = read_meta(directory)
+    if meta.format != FORMAT_VERSION:
+        raise ConfigMismatch(
+            f"data directory {directory} has format {meta.format}; this version reads "
+            f"format {FORMAT_VERSION}"
+        )
+    if meta.scale != scale:
+        raise ConfigMismatch(
+            f"data directory {directory} was created with --scale {meta.scale}; start with "
+            f"--scale {meta.scale} (amounts would change meaning under another scale)"
+        )
+    if meta.workers != workers:
+        raise ConfigMismatch(
+            f"data directory {directory} was created with --workers {meta.workers}; start with "
+            f"--workers {meta.workers}, because each worker's journal holds only the accounts "
+            "it owns"
+        )
+    return meta
+
+
+def read_meta(directory: Path) -> Meta:
+    path = directory / META_FILE
+    try:
+        content = json.loads(path.read_text())
+        return Meta(
+            int(content["format"]),
+            int(content["scale"]),
+            int(content["workers"]),
+            str(content["partition"]),
+        )
+    except FileNotFoundError as exc:
+        raise StorageError(
+            f"{directory} is not a zmqbalance data directory: no {META_FILE}"
+        ) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StorageError(f"{path} is not valid zmqbalance metadata: {exc}") from exc
+
+
+def worker_directory(directory: Path, index: int) -> Path:
+    path = directory / f"worker-{index}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def recover(directory: Path, index: int, ledger: Ledger, *, repair: bool) -> RecoveryReport:
+    """Rebuild ``ledger`` from a worker's snapshot and journal.
+
+    With ``repair`` a torn tail is copied aside and cut off, and unfinished snapshot files are
+    removed; without it (``zmqbalance check``) nothing on disk changes.
+    """
+    report = RecoveryReport(index)
+    if repair:
+        for leftover in directory.glob(f"*{TMP_SUFFIX}"):
+            log.info("removing unfinished snapshot %s", leftover)
+            leftover.unlink()
+
+    snapshots = list_snapshots(directory)
+    if snapshots:
+        info = read_snapshot(snapshots[-1][1], ledger)
+        report.snapshot_seq, report.snapshot_path = info.last_seq, info.path
+    expected = report.snapshot_seq + 1
+
+    segments = list_segments(directory)
+    report.segments = len(segments)
+    for position, (_, path) in enumerate(segments):
+        for item in read_segment(path, last=position == len(segments) - 1):
+            if isinstance(item, TornTail):
+                report.torn.append(item)
+                if repair:
+                    cut_torn_tail(directory, item)
+                continue
+            last_seq = item.first_seq + len(item.records) - 1
+            if last_seq <= report.snapshot_seq:
+                continue  # already in the snapshot
+            if item.first_seq != expected:
+                raise JournalCorrupt(
+                    f"sequence number {item.first_seq} follows {expected - 1}",
+                    path=str(path),
+                    offset=item.offset,
+                )
+            _restore(ledger, item.records)
+            report.groups += 1
+            report.changes += len(item.records)
+            expected = last_seq + 1
+    report.next_seq = expected
+    return report
+
+
+def _restore(ledger: Ledger, records: list[Record]) -> None:
+    for op, account, units, rid, error, message in records:
+        ledger.restore(op, account, units, rid, error, message)
+
+
+def cut_torn_tail(directory: Path, torn: TornTail) -> Path:
+    """Copy a torn tail into ``torn/``, cut it off the segment, and log a WARNING."""
+    aside = directory / TORN_FOLDER
+    aside.mkdir(exist_ok=True)
+    copy = aside / f"{torn.path.name}.{torn.offset}"
+    with open(torn.path, "rb") as source, open(copy, "wb") as target:
+        source.seek(torn.offset)
+        shutil.copyfileobj(source, target)
+        target.flush()
+        os.fsync(target.fileno())
+    fsync_directory(aside)
+    with open(torn.path, "r+b") as segment:
+        segment.truncate(torn.offset)
+        os.fsync(segment.fileno())
+    log.warning(
+        "cut a torn journal tail of %d bytes off %s at offset %d; a copy is in %s",
+        torn.size,
+        torn.path,
+        torn.offset,
+        copy,
+    )
+    return copy
+
+
+class WorkerStore:
+    """A worker's durable storage: its journal, plus snapshots once the journal grows enough."""
+
+    def __init__(
+        self,
+        directory: Path,
+        next_seq: int,
+        *,
+        fsync: str,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES,
+    ) -> None:
+        self.directory = directory
+        self.journal = FileJournal(directory, next_seq, fsync=fsync, segment_bytes=segment_bytes)
+        self.snapshot_bytes = snapshot_bytes
+        self.snapshots = 0
+
+    def __repr__(self) -> str:
+        return f"<WorkerStore {self.directory} {self.journal!r}>"
+
+    def append(self, records: list[Record]) -> None:
+        self.journal.append(records)
+
+    def sync(self) -> None:
+        self.journal.sync()
+
+    def close(self) -> None:
+        self.journal.close()
+
+    def snapshot_due(self) -> bool:
+        return self.journal.bytes_written >= self.snapshot_bytes
+
+    def take_snapshot(self, ledger: Ledger) -> Path:
+        """Snapshot ``ledger`` as of the last journaled change, then drop what it replaces.
+
+        The journal moves to a fresh segment first, so every older segment holds only
+        changes the snapshot includes; they are removed after the snapshot is durable.
+        """
+        current = self.journal.rotate()
+        last_seq = self.journal.next_seq - 1
+        path = write_snapshot(self.directory, last_seq, ledger)
+        testhooks.crash_point("after_snapshot_rename")
+
+        for _, segment in list_segments(self.directory):
+            if segment != current:
+                segment.unlink()
+        for _, older in list_snapshots(self.directory):
+            if older != path:
+                older.unlink()
+        fsync_directory(self.directory)
+        self.journal.bytes_written = 0
+        self.snapshots += 1
+        log.info(
+            "worker snapshot %s: %d accounts, %d rids", path, len(ledger.accounts), len(ledger.rids)
+        )
+        return path
+
+
+class MemoryStore:
+    """The in-memory engine's storage: keeps nothing, so a restart starts from zero."""
+
+    def append(self, records: list[Record]) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def snapshot_due(self) -> bool:
+        return False
+
+    def take_snapshot(self, ledger: Ledger) -> Path:
+        raise StorageError("an in-memory engine takes no snapshots")
