@@ -84,7 +84,7 @@ def fresh_account(prefix: str = "acct") -> str:
 
 
 def assert_serving(socket: Socket) -> None:
-    """Check that a credit on a fresh account is applied and answered correctly."""
+    """Check that a credit on a fresh account is applied and gets the right reply."""
     account = fresh_account("check")
     reply = ask(socket, msgpack.packb({"op": "plus_funds", "account": account, "amount": "2.5"}))
     assert reply == {"ok": True, "account": account, "balance": "2.500000", "count": 1}

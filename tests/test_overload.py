@@ -48,7 +48,7 @@ def wait_for_count(client: Client, account: str, count: int, timeout: float = 60
 
 
 class Bystander(threading.Thread):
-    """A client that sends single credits, each bounded by ANSWER_BOUND, until told to stop."""
+    """A client that sends single credits, each bounded by ANSWER_BOUND, until stopped."""
 
     def __init__(self, endpoint: str, accounts: list[str]) -> None:
         super().__init__(daemon=True)
@@ -103,7 +103,7 @@ def test_non_reading_client_does_not_stall_others(
             for _ in range(min(CHUNK, OVERLOAD_CREDITS - sent)):
                 flood.send_multipart([b"", credit])
                 sent += 1
-            # Keep fewer credits in flight than the queue holds, so that none is answered busy.
+            # Keep fewer credits in flight than the queue takes, so that none gets busy.
             wait_for_count(probe, flood_account, sent - MAX_IN_FLIGHT)
         applied = wait_for_count(probe, flood_account, OVERLOAD_CREDITS)
         final = probe.balance(flood_account)
@@ -186,8 +186,8 @@ def test_client_raises_busy_after_retries(
     sleep = {"op": "debug_sleep", "account": account, "seconds": 2.0}
     filler = {"op": "debug_sleep", "account": account, "seconds": 0}
     try:
-        # The worker takes everything queued into one group, so let it take the long sleep
-        # alone, then fill the queue behind it; fillers that do not fit are answered busy.
+        # The worker takes everything queued into one group, so it must take the long sleep
+        # alone. The fillers then fill the queue behind it, and those that do not fit get busy.
         blocker.send_multipart([b"", msgpack.packb(sleep)])
         time.sleep(0.3)
         for _ in range(10):

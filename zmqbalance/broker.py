@@ -64,7 +64,7 @@ SHUTDOWN_LINGER_MS = 1000  # how long the last replies may take to reach the wir
 # it is due. A routing id never equals the marker: ZeroMQ generates 5-byte ids starting with a
 # zero byte, and ids chosen by applications must not start with a zero byte.
 HOLD_MARKER = b"\x00hold-reply"
-HELD_RIDS_REMEMBERED = 10_000  # a rid's reply is held once; a resend is answered at once
+HELD_RIDS_REMEMBERED = 10_000  # a rid's reply is held once; a resend gets its reply at once
 DRAIN_TIMEOUT = 20.0  # seconds the workers get to finish their queues on shutdown
 
 
@@ -73,10 +73,10 @@ class BrokerStats:
     """Counters of what the front end took in, rejected, and could not deliver."""
 
     requests: int = 0  # messages taken from the front end
-    rejected: int = 0  # answered with a request error: malformed frames, msgpack or values
-    busy: int = 0  # answered busy because the owning worker's queue was full
-    refused_unavailable: int = 0  # answered unavailable while shutting down
-    internal_errors: int = 0  # answered internal_error after a bug in the broker
+    rejected: int = 0  # replied with a request error: malformed frames, msgpack or values
+    busy: int = 0  # replied busy because the owning worker's queue was full
+    refused_unavailable: int = 0  # replied unavailable while shutting down
+    internal_errors: int = 0  # replied internal_error after a bug in the broker
     undeliverable_replies: int = 0  # replies dropped: client gone or its pipe full
     held_replies: int = 0  # test hook: replies held back by hold_reply
 

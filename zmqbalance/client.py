@@ -96,11 +96,11 @@ class Client:
     within about 4 x 2.5 s = 10 s, plus at most 0.35 s of backoff after ``busy`` or
     ``unavailable`` replies.
 
-    Every attempt carries the same rid, so a credit or debit is applied at most once however
-    many attempts reach the server, and a resend of an applied change returns its first
-    outcome with ``replay`` set. :class:`~zmqbalance.errors.TimedOut` means no reply arrived:
-    the change may or may not have been applied. Calling again with the rid from the exception
-    is safe while the server still remembers that rid (its ``rid_window``).
+    Every attempt carries the same rid. While the server remembers that rid, a credit or debit
+    is applied at most once however many attempts reach it, and a resend of an applied change
+    returns its first outcome with ``replay`` set. :class:`~zmqbalance.errors.TimedOut` means
+    no reply arrived: the change may or may not have been applied. Calling again with the rid
+    from the exception is safe while the server still remembers that rid (its ``rid_window``).
     """
 
     def __init__(
