@@ -92,8 +92,13 @@ def test_non_reading_client_does_not_stall_others(
     probe.ping()
     rss_before = rss_bytes(server.pid)
     bystander = Bystander(server.endpoint, accounts_for_workers(2))
-    flood = open_socket(zmq_context, zmq.DEALER, server.endpoint)
+    flood = zmq_context.socket(zmq.DEALER)
+    flood.setsockopt(zmq.LINGER, 0)
     flood.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
+    # Small receive buffers, so the replies fill the server's pipe to this client early.
+    flood.setsockopt(zmq.RCVHWM, 100)
+    flood.setsockopt(zmq.RCVBUF, 4096)
+    flood.connect(server.endpoint)
     credit = msgpack.packb({"op": "plus_funds", "account": flood_account, "amount": 1})
 
     try:
@@ -120,8 +125,9 @@ def test_non_reading_client_does_not_stall_others(
     for account, count in bystander.applied.items():
         balance = probe.balance(account)
         assert (balance.balance_text, balance.count) == (f"{count}.000000", count)
-    if OVERLOAD_CREDITS >= 10_000:
-        # The flood's replies outran its pipe; the server dropped them instead of waiting.
+    if OVERLOAD_CREDITS >= 100_000:
+        # The flood's replies outran its pipe and the socket buffers (about 1,000 messages
+        # and a few MB on loopback), so the server dropped the rest instead of waiting.
         assert "not delivered" in server.log
     assert rss_after - rss_before < RSS_GROWTH_BOUND
     print(
@@ -183,16 +189,19 @@ def test_client_raises_busy_after_retries(
     )
     account = fresh_account("busy-client")
     blocker = open_socket(zmq_context, zmq.DEALER, server.endpoint)
-    sleep = {"op": "debug_sleep", "account": account, "seconds": 2.0}
+    sleep = {"op": "debug_sleep", "account": account, "seconds": 3.0}
     filler = {"op": "debug_sleep", "account": account, "seconds": 0}
     try:
-        # The worker takes everything queued into one group, so it must take the long sleep
-        # alone. The fillers then fill the queue behind it, and those that do not fit get busy.
+        # Fillers queue behind the sleeping worker until one gets busy: the queue is full.
         blocker.send_multipart([b"", msgpack.packb(sleep)])
-        time.sleep(0.3)
-        for _ in range(10):
+        full = False
+        for _ in range(200):
             blocker.send_multipart([b"", msgpack.packb(filler)])
-        time.sleep(0.1)
+            frames = receive(blocker, timeout=0.01)
+            if frames is not None and decode(frames[-1]).get("error") == "busy":
+                full = True
+                break
+        assert full, "the worker queue never filled"
         with Client(server.endpoint, timeout=5, retries=1) as client:
             with pytest.raises(Busy) as raised:
                 client.plus_funds(account, 1, rid=b"too-busy")
