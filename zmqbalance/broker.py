@@ -174,6 +174,8 @@ class Broker(threading.Thread):
                 return
             try:
                 self._route(router, workers, frames)
+            except zmq.ContextTerminated:
+                raise
             except Exception as exc:
                 self._on_internal_error(router, frames, exc)
 
@@ -249,7 +251,7 @@ class Broker(threading.Thread):
         heapq.heappush(self._held, (due, next(self._held_sequence), frames))
 
     def _release_held(self, router: zmq.Socket[bytes], now: float) -> None:
-        """Send every held reply that is due at ``now``; ``math.inf`` sends them all."""
+        """Send every held reply that is due at ``now``; ``float("inf")`` sends them all."""
         while self._held and self._held[0][0] <= now:
             _, _, frames = heapq.heappop(self._held)
             self._send(router, frames)
