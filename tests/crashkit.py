@@ -23,6 +23,17 @@ def free_port() -> int:
         return port
 
 
+# Every server process a crash test started; the test's fixture kills those still running.
+STARTED: list[ServerProcess] = []
+
+
+def kill_started() -> None:
+    while STARTED:
+        process = STARTED.pop()
+        if process.process is not None:
+            process.kill()
+
+
 @dataclass
 class DurableServer:
     """A durable server on a fixed port and data directory, killed and restarted by tests."""
@@ -39,7 +50,9 @@ class DurableServer:
 
     def start(self, env: dict[str, str] | None = None) -> ServerProcess:
         args = ("--data-dir", str(self.data_dir), *self.args)
-        self.process = ServerProcess(args, env=env).start(bind=self.endpoint)
+        self.process = ServerProcess(args, env=env)
+        STARTED.append(self.process)
+        self.process.start(bind=self.endpoint)
         self.starts += 1
         return self.process
 

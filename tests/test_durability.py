@@ -10,6 +10,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,19 @@ from tests.crashkit import (
     DurableServer,
     credits_and_debits,
     expected_state,
+    kill_started,
     read_state,
     run_clients,
     send_until_acknowledged,
 )
 from zmqbalance import Client, TimedOut
+
+
+@pytest.fixture(autouse=True)
+def _kill_servers_after_test() -> Iterator[None]:
+    yield
+    kill_started()
+
 
 KILLS = int(os.environ.get("ZMQBALANCE_CRASH_KILLS", "24"))
 HOOKS = {"ZMQBALANCE_TEST_HOOKS": "1"}

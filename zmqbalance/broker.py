@@ -5,8 +5,9 @@ decodes and validates every request (so workers receive only valid commands), an
 and every malformed request itself, and forwards each reply from a worker to the client as soon
 as it arrives, so a slow account never delays a reply for another worker's account.
 
-Routing is explicit: ``partition.owner_of(account)`` picks the worker. A worker whose queue is
-full gets nothing more: the request is answered with ``busy`` instead of queueing without bound.
+Routing is explicit: ``partition.owner_of(account)`` picks the worker. The broker takes every
+request that is waiting (up to FORWARD_BATCH), then sends each worker its share in one message;
+under load this makes one thread crossing carry many commands.
 
 Limits and high-water marks, so that no client can stall the loop or grow its memory:
 
@@ -17,9 +18,8 @@ Limits and high-water marks, so that no client can stall the loop or grow its me
   stops reading until its pipe (``ZMQ_SNDHWM``, 1000 messages by default) is full, loses the
   reply; it is counted in :attr:`BrokerStats.undeliverable_replies` and logged at a limited rate.
   The change it reports was applied all the same.
-- Each inproc pipe to a worker is bounded by ``queue_max``; a request for a worker whose pipe is
-  full is answered ``busy`` and not applied. ZeroMQ adds the broker's ``SNDHWM`` and the
-  worker's ``RCVHWM`` on an inproc pipe, so up to ``2 * queue_max`` commands can be waiting.
+- The broker counts the commands each worker has not answered yet. At ``queue_max`` a request
+  for that worker is answered ``busy`` and not applied, instead of queueing without bound.
 - A message with more than :data:`MAX_ENVELOPE_FRAMES` routing frames, or a routing frame longer
   than :data:`MAX_ROUTING_ID_BYTES`, is answered with ``bad_request`` at its sender's identity
   instead of echoing the envelope back.
@@ -35,6 +35,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import msgpack
 import zmq
 
 from zmqbalance.errors import BadRequest, Busy, InternalError, RequestError, Unavailable
@@ -46,10 +47,11 @@ from zmqbalance.protocol import (
     decode_request,
     encode_exception,
     encode_ping,
+    pack,
     peek_rid,
 )
 from zmqbalance.ratelimit import RateLimitedLog
-from zmqbalance.worker import STOP, STOPPED, pack_command
+from zmqbalance.worker import STOP, STOPPED, Command, has_message
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ class Broker(threading.Thread):
         self.bind_error: Exception | None = None
         self.endpoint: str | None = None
         self._rate_limited = RateLimitedLog(log)
+        self.queued = [0] * len(worker_endpoints)  # commands sent to each worker, not answered
         self._held: list[tuple[float, int, list[bytes]]] = []  # (due, sequence, frames) heap
         self._held_sequence = itertools.count()
         self._held_rids: OrderedDict[Rid, None] = OrderedDict()
@@ -139,7 +142,7 @@ class Broker(threading.Thread):
         router.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
         for socket, endpoint in zip(workers, self.worker_endpoints, strict=True):
             socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.SNDHWM, self.queue_max)
+            socket.setsockopt(zmq.SNDHWM, 0)  # bounded by the queued counts, see _route
             socket.setsockopt(zmq.RCVHWM, 0)
             socket.connect(endpoint)
         try:
@@ -158,30 +161,35 @@ class Broker(threading.Thread):
 
         while not self.stop_requested.is_set():
             ready = dict(poller.poll(self._poll_timeout()))
-            for socket in workers:
+            for index, socket in enumerate(workers):
                 if socket in ready:
-                    self._forward_replies(router, socket)
+                    self._forward_replies(router, socket, index)
             if router in ready:
                 self._take_requests(router, workers)
             if self._held:
                 self._release_held(router, time.monotonic())
 
     def _take_requests(self, router: zmq.Socket[bytes], workers: list[zmq.Socket[bytes]]) -> None:
+        batches: list[list[Command]] = [[] for _ in workers]
         for _ in range(FORWARD_BATCH):
+            if not has_message(router):
+                break
+            frames = router.recv_multipart(zmq.NOBLOCK)
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                self._route(router, workers, frames)
+                self._route(router, frames, batches)
             except zmq.ContextTerminated:
                 raise
             except Exception as exc:
                 self._on_internal_error(router, frames, exc)
+        for index, batch in enumerate(batches):
+            if batch:
+                workers[index].send(pack(batch))
+                self.queued[index] += len(batch)
 
     def _route(
-        self, router: zmq.Socket[bytes], workers: list[zmq.Socket[bytes]], frames: list[bytes]
+        self, router: zmq.Socket[bytes], frames: list[bytes], batches: list[list[Command]]
     ) -> None:
+        """Validate one request and add it to its owner's batch, or answer it here."""
         self.stats.requests += 1
         envelope, body, problem = split_envelope(frames)
         if body is None:
@@ -197,21 +205,16 @@ class Broker(threading.Thread):
             return
         hold = self._hold_for(request)
         if request.op == PING:
-            ping = encode_ping(len(workers), self.scale, PARTITION_FUNCTION, request.rid)
+            ping = encode_ping(len(batches), self.scale, PARTITION_FUNCTION, request.rid)
             if hold:
                 self._hold([*envelope, ping], hold)
             else:
                 self._reply(router, envelope, ping)
             return
 
-        owner = owner_of(request.account, len(workers))
-        command = pack_command(
-            request.op, request.account, request.units, request.rid, request.seconds
-        )
-        route = [HOLD_MARKER, repr(hold).encode(), *envelope] if hold else envelope
-        try:
-            workers[owner].send_multipart([*route, command], zmq.NOBLOCK)
-        except zmq.Again:
+        owner = owner_of(request.account, len(batches))
+        batch = batches[owner]
+        if self.queued[owner] + len(batch) >= self.queue_max:
             self.stats.busy += 1
             busy = Busy(
                 f"worker {owner} has {self.queue_max} commands queued; retry later",
@@ -221,6 +224,11 @@ class Broker(threading.Thread):
             )
             self._rate_limited.warning("busy", "answered busy: %s", busy)
             self._reply(router, envelope, encode_exception(busy))
+            return
+        route = [HOLD_MARKER, repr(hold).encode(), *envelope] if hold else envelope
+        batch.append(
+            (route, request.op, request.account, request.units, request.rid, request.seconds)
+        )
 
     def _on_internal_error(
         self, router: zmq.Socket[bytes], frames: list[bytes], exc: Exception
@@ -271,24 +279,32 @@ class Broker(threading.Thread):
         self._reply(router, envelope, encode_exception(BadRequest(problem)))
 
     def _forward_replies(
-        self, router: zmq.Socket[bytes], worker: zmq.Socket[bytes], *, hold: bool = True
+        self,
+        router: zmq.Socket[bytes],
+        worker: zmq.Socket[bytes],
+        index: int,
+        *,
+        hold: bool = True,
     ) -> int:
-        """Send a worker's replies on to their clients; return how many STOPPED it reported."""
+        """Send every reply a worker has ready to its client; return how many workers stopped."""
         stopped = 0
         for _ in range(FORWARD_BATCH):
-            try:
-                frames = worker.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not has_message(worker):
                 break
-            if frames == [STOPPED]:
+            frame = worker.recv()
+            if frame == STOPPED:
                 stopped += 1
                 continue
-            if frames[0] == HOLD_MARKER:
-                seconds, frames = float(frames[1]), frames[2:]
-                if hold:
-                    self._hold(frames, seconds)
-                    continue
-            self._send(router, frames)
+            replies = msgpack.unpackb(frame, raw=False)
+            self.queued[index] -= len(replies)
+            for envelope, body in replies:
+                envelope.append(body)
+                if envelope[0] == HOLD_MARKER:
+                    seconds, envelope = float(envelope[1]), envelope[2:]
+                    if hold:
+                        self._hold(envelope, seconds)
+                        continue
+                self._send(router, envelope)
         return stopped
 
     def _reply(self, router: zmq.Socket[bytes], envelope: list[bytes], body: bytes) -> None:
@@ -322,7 +338,11 @@ class Broker(threading.Thread):
         log.info("stopping: finishing the queued commands, refusing new ones")
         self._release_held(router, float("inf"))
         deadline = time.monotonic() + DRAIN_TIMEOUT
-        pending_stop = list(workers)
+        for index, socket in enumerate(workers):
+            try:
+                socket.send(STOP, zmq.NOBLOCK)  # HWM is off, so only a dead worker refuses
+            except zmq.Again:
+                log.error("worker %d is not running; it cannot be stopped cleanly", index)
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         for socket in workers:
@@ -330,16 +350,10 @@ class Broker(threading.Thread):
 
         running = len(workers)
         while running and time.monotonic() < deadline:
-            for socket in list(pending_stop):
-                try:
-                    socket.send(STOP, zmq.NOBLOCK)
-                    pending_stop.remove(socket)
-                except zmq.Again:
-                    pass  # that worker's queue is full; try again after the next poll
             ready = dict(poller.poll(POLL_INTERVAL_MS))
-            for socket in workers:
+            for index, socket in enumerate(workers):
                 if socket in ready:
-                    running -= self._forward_replies(router, socket, hold=False)
+                    running -= self._forward_replies(router, socket, index, hold=False)
             if router in ready:
                 self._refuse_requests(router)
         if running:
@@ -358,10 +372,9 @@ class Broker(threading.Thread):
 
     def _refuse_requests(self, router: zmq.Socket[bytes]) -> None:
         for _ in range(FORWARD_BATCH):
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not has_message(router):
                 return
+            frames = router.recv_multipart(zmq.NOBLOCK)
             self.stats.requests += 1
             self.stats.refused_unavailable += 1
             envelope, body, _ = split_envelope(frames)
