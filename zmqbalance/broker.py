@@ -7,17 +7,32 @@ as it arrives, so a slow account never delays a reply for another worker's accou
 
 Routing is explicit: ``partition.owner_of(account)`` picks the worker. The broker takes every
 request that is waiting (up to FORWARD_BATCH), then sends each worker its share in one message;
-under load this makes one thread crossing carry many commands. The broker counts the commands
-each worker has not answered yet; at ``queue_max`` the request is answered with ``busy``
-instead of queueing without bound.
+under load this makes one thread crossing carry many commands.
+
+Limits and high-water marks, so that no client can stall the loop or grow its memory:
+
+- ``ZMQ_MAXMSGSIZE`` on the front end is ``max_frame_bytes``. ZeroMQ checks it per frame in its
+  I/O thread, before it allocates the frame, and disconnects a peer that sends a larger frame.
+  The broker never sees that frame, so it is neither answered nor counted here.
+- Replies go out with ``ZMQ_ROUTER_MANDATORY`` and ``NOBLOCK``. A client that has gone, or that
+  stops reading until its pipe (``ZMQ_SNDHWM``, 1000 messages by default) is full, loses the
+  reply; it is counted in :attr:`BrokerStats.undeliverable_replies` and logged at a limited rate.
+  The change it reports was applied all the same.
+- The broker counts the commands each worker has not answered yet. At ``queue_max`` a request
+  for that worker is answered ``busy`` and not applied, instead of queueing without bound.
+- A message with more than :data:`MAX_ENVELOPE_FRAMES` routing frames, or a routing frame longer
+  than :data:`MAX_ROUTING_ID_BYTES`, is answered with ``bad_request`` at its sender's identity
+  instead of echoing the envelope back.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +40,8 @@ import msgpack
 import zmq
 
 from zmqbalance.batch import Gather, account_of
-from zmqbalance.errors import BadRequest, Busy, RequestError, Unavailable
+from zmqbalance.errors import BadRequest, Busy, InternalError, RequestError, Unavailable
+from zmqbalance.ledger import Rid
 from zmqbalance.partition import PARTITION_FUNCTION, owner_of
 from zmqbalance.protocol import (
     BATCH,
@@ -44,18 +60,30 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL_MS = 100  # how often the loop checks for a stop request
 FORWARD_BATCH = 256  # messages taken from one socket before the others get a turn
+MAX_ENVELOPE_FRAMES = 16  # routing frames before the delimiter; each proxy hop adds one
+MAX_ROUTING_ID_BYTES = 255  # ZeroMQ's own limit on a routing id
+SHUTDOWN_LINGER_MS = 1000  # how long the last replies may take to reach the wire at shutdown
+
+# Test hook only (ZMQBALANCE_TEST_HOOKS=1): a request with ``hold_reply`` travels to its worker
+# with this marker and the delay in front of its envelope, and the broker keeps the reply until
+# it is due. A routing id never equals the marker: ZeroMQ generates 5-byte ids starting with a
+# zero byte, and ids chosen by applications must not start with a zero byte.
+HOLD_MARKER = b"\x00hold-reply"
+HELD_RIDS_REMEMBERED = 10_000  # a rid's reply is held once; a resend gets its reply at once
 DRAIN_TIMEOUT = 20.0  # seconds the workers get to finish their queues on shutdown
 
 
 @dataclass
 class BrokerStats:
-    """Counters of what the front end could not deliver or decode."""
+    """Counters of what the front end took in, rejected, and could not deliver."""
 
-    requests: int = 0
-    rejected: int = 0
-    busy: int = 0
-    dropped_frames: int = 0
-    undeliverable_replies: int = 0
+    requests: int = 0  # messages taken from the front end
+    rejected: int = 0  # replied with a request error: malformed frames, msgpack or values
+    busy: int = 0  # replied busy because the owning worker's queue was full
+    refused_unavailable: int = 0  # replied unavailable while shutting down
+    internal_errors: int = 0  # replied internal_error after a bug in the broker
+    undeliverable_replies: int = 0  # replies dropped: client gone or its pipe full
+    held_replies: int = 0  # test hook: replies held back by hold_reply
 
 
 class Broker(threading.Thread):
@@ -86,9 +114,13 @@ class Broker(threading.Thread):
         self.bind_error: Exception | None = None
         self.endpoint: str | None = None
         self._rate_limited = RateLimitedLog(log)
-        self.queued = [0] * len(worker_endpoints)  # commands sent to each worker, not answered
+        # Changes routed to each worker and not answered yet, counted when routed.
+        self.queued = [0] * len(worker_endpoints)
         self.gathers: dict[int, Gather] = {}  # batches waiting for their parts
         self._gather_ids = itertools.count()
+        self._held: list[tuple[float, int, list[bytes]]] = []  # (due, sequence, frames) heap
+        self._held_sequence = itertools.count()
+        self._held_rids: OrderedDict[Rid, None] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<Broker {self.endpoint or self.bind} workers={len(self.worker_endpoints)}>"
@@ -106,7 +138,7 @@ class Broker(threading.Thread):
             raise
         finally:
             self.started.set()
-            router.close(linger=0)
+            router.close()  # LINGER is 0 unless _drain raised it to flush the last replies
             for socket in workers:
                 socket.close(linger=0)
 
@@ -116,7 +148,7 @@ class Broker(threading.Thread):
         router.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
         for socket, endpoint in zip(workers, self.worker_endpoints, strict=True):
             socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.SNDHWM, 0)  # bounded by the queued counts, see _route
+            socket.setsockopt(zmq.SNDHWM, 0)  # bounded by self.queued instead, see _route
             socket.setsockopt(zmq.RCVHWM, 0)
             socket.connect(endpoint)
         try:
@@ -134,23 +166,30 @@ class Broker(threading.Thread):
             poller.register(socket, zmq.POLLIN)
 
         while not self.stop_requested.is_set():
-            ready = dict(poller.poll(POLL_INTERVAL_MS))
+            ready = dict(poller.poll(self._poll_timeout()))
             for index, socket in enumerate(workers):
                 if socket in ready:
                     self._forward_replies(router, socket, index)
             if router in ready:
                 self._take_requests(router, workers)
+            if self._held:
+                self._release_held(router, time.monotonic())
 
     def _take_requests(self, router: zmq.Socket[bytes], workers: list[zmq.Socket[bytes]]) -> None:
         batches: list[list[Command]] = [[] for _ in workers]
         for _ in range(FORWARD_BATCH):
             if not has_message(router):
                 break
-            self._route(router, router.recv_multipart(zmq.NOBLOCK), batches)
+            frames = router.recv_multipart(zmq.NOBLOCK)
+            try:
+                self._route(router, frames, batches)
+            except zmq.ContextTerminated:
+                raise
+            except Exception as exc:
+                self._on_internal_error(router, frames, exc)
         for index, batch in enumerate(batches):
             if batch:
                 workers[index].send(pack(batch))
-                self.queued[index] += sum(_weight(command) for command in batch)
 
     def _route(
         self, router: zmq.Socket[bytes], frames: list[bytes], batches: list[list[Command]]
@@ -169,9 +208,13 @@ class Broker(threading.Thread):
             self._rate_limited.warning(exc.code, "rejected request: %s: %s", exc.code, exc)
             self._reply(router, envelope, encode_exception(exc))
             return
+        hold = self._hold_for(request)
         if request.op == PING:
             ping = encode_ping(len(batches), self.scale, PARTITION_FUNCTION, request.rid)
-            self._reply(router, envelope, ping)
+            if hold:
+                self._hold([*envelope, ping], hold)
+            else:
+                self._reply(router, envelope, ping)
             return
         if request.op == BATCH:
             self._route_batch(router, envelope, request, body, batches)
@@ -179,7 +222,7 @@ class Broker(threading.Thread):
 
         owner = owner_of(request.account, len(batches))
         batch = batches[owner]
-        if self.queued[owner] + len(batch) >= self.queue_max:
+        if self.queued[owner] >= self.queue_max:
             self.stats.busy += 1
             busy = Busy(
                 f"worker {owner} has {self.queue_max} commands queued; retry later",
@@ -190,9 +233,11 @@ class Broker(threading.Thread):
             self._rate_limited.warning("busy", "answered busy: %s", busy)
             self._reply(router, envelope, encode_exception(busy))
             return
+        route = [HOLD_MARKER, repr(hold).encode(), *envelope] if hold else envelope
+        self.queued[owner] += 1
         batch.append(
             (
-                envelope,
+                route,
                 request.op,
                 request.account,
                 request.units,
@@ -222,7 +267,7 @@ class Broker(threading.Thread):
 
         for owner, items in parts.items():
             size = len(items) if items is not None else len(request.changes)
-            if self.queued[owner] + sum(map(_weight, batches[owner])) + size > self.queue_max:
+            if self.queued[owner] + size > self.queue_max:
                 self.stats.busy += 1
                 busy = Busy(
                     f"worker {owner} cannot queue {size} more changes; nothing of the "
@@ -242,6 +287,7 @@ class Broker(threading.Thread):
         for owner, items in parts.items():
             size = len(items) if items is not None else len(request.changes)
             gather.sizes[owner] = size
+            self.queued[owner] += size
             frame = body if items is None else None
             part = (gather_id, size, items, request.detail, frame)
             batches[owner].append(([], BATCH, "", 0, None, 0.0, part))
@@ -274,6 +320,47 @@ class Broker(threading.Thread):
             items.append((index, change))
         return parts
 
+    def _on_internal_error(
+        self, router: zmq.Socket[bytes], frames: list[bytes], exc: Exception
+    ) -> None:
+        """Answer internal_error for a request that made the broker fail, and keep serving."""
+        self.stats.internal_errors += 1
+        self._rate_limited.exception(
+            "internal", "broker failed on a request from client %s: %s", frames[0].hex(), exc
+        )
+        error = InternalError("the server failed on this request; see its log")
+        self._reply(router, split_envelope(frames)[0], encode_exception(error))
+
+    def _hold_for(self, request: Request) -> float:
+        """Return how long to hold this request's reply: its hold_reply, once per rid."""
+        if not request.hold_reply:
+            return 0.0
+        if request.rid is not None:
+            if request.rid in self._held_rids:
+                return 0.0
+            self._held_rids[request.rid] = None
+            if len(self._held_rids) > HELD_RIDS_REMEMBERED:
+                self._held_rids.popitem(last=False)
+        return request.hold_reply
+
+    def _hold(self, frames: list[bytes], seconds: float) -> None:
+        self.stats.held_replies += 1
+        due = time.monotonic() + seconds
+        heapq.heappush(self._held, (due, next(self._held_sequence), frames))
+
+    def _release_held(self, router: zmq.Socket[bytes], now: float) -> None:
+        """Send every held reply that is due at ``now``; ``float("inf")`` sends them all."""
+        while self._held and self._held[0][0] <= now:
+            _, _, frames = heapq.heappop(self._held)
+            self._send(router, frames)
+
+    def _poll_timeout(self) -> int:
+        """Return the poll timeout in ms: the stop check interval, or less if a reply is due."""
+        if not self._held:
+            return POLL_INTERVAL_MS
+        due_in_ms = (self._held[0][0] - time.monotonic()) * 1000
+        return max(0, min(POLL_INTERVAL_MS, int(due_in_ms) + 1))
+
     def _on_bad_frames(
         self, router: zmq.Socket[bytes], envelope: list[bytes], problem: str
     ) -> None:
@@ -282,7 +369,12 @@ class Broker(threading.Thread):
         self._reply(router, envelope, encode_exception(BadRequest(problem)))
 
     def _forward_replies(
-        self, router: zmq.Socket[bytes], worker: zmq.Socket[bytes], index: int
+        self,
+        router: zmq.Socket[bytes],
+        worker: zmq.Socket[bytes],
+        index: int,
+        *,
+        hold: bool = True,
     ) -> int:
         """Send every reply a worker has ready to its client; return how many workers stopped."""
         stopped = 0
@@ -299,6 +391,11 @@ class Broker(threading.Thread):
                     continue
                 self.queued[index] -= 1
                 envelope.append(body)
+                if envelope[0] == HOLD_MARKER:
+                    seconds, envelope = float(envelope[1]), envelope[2:]
+                    if hold:
+                        self._hold(envelope, seconds)
+                        continue
                 self._send(router, envelope)
         return stopped
 
@@ -335,8 +432,14 @@ class Broker(threading.Thread):
     def _drain(self, router: zmq.Socket[bytes], workers: list[zmq.Socket[bytes]]) -> None:
         """Stop the workers after what they have queued; refuse requests that arrive meanwhile.
 
-        Gives up after DRAIN_TIMEOUT seconds, for instance when a worker has died.
+        Every command already handed to a worker is applied and answered. Requests that arrive
+        from now on, and those still waiting in the front end, are answered ``unavailable``
+        and not applied. Held replies are sent at once. Gives up after :data:`DRAIN_TIMEOUT`
+        seconds, for instance when a worker has died. The front end then gets
+        :data:`SHUTDOWN_LINGER_MS` to write the last replies before it closes.
         """
+        log.info("stopping: finishing the queued commands, refusing new ones")
+        self._release_held(router, float("inf"))
         deadline = time.monotonic() + DRAIN_TIMEOUT
         for index, socket in enumerate(workers):
             try:
@@ -353,30 +456,36 @@ class Broker(threading.Thread):
             ready = dict(poller.poll(POLL_INTERVAL_MS))
             for index, socket in enumerate(workers):
                 if socket in ready:
-                    running -= self._forward_replies(router, socket, index)
+                    running -= self._forward_replies(router, socket, index, hold=False)
             if router in ready:
                 self._refuse_requests(router)
         if running:
             log.error("%d workers did not stop within %s s", running, DRAIN_TIMEOUT)
         self._refuse_requests(router)  # what arrived after the last poll
+        router.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
+        log.info(
+            "broker stopped after %d requests: %d rejected, %d busy, %d refused while stopping, "
+            "%d replies undeliverable",
+            self.stats.requests,
+            self.stats.rejected,
+            self.stats.busy,
+            self.stats.refused_unavailable,
+            self.stats.undeliverable_replies,
+        )
 
     def _refuse_requests(self, router: zmq.Socket[bytes]) -> None:
         for _ in range(FORWARD_BATCH):
             if not has_message(router):
                 return
             frames = router.recv_multipart(zmq.NOBLOCK)
+            self.stats.requests += 1
+            self.stats.refused_unavailable += 1
             envelope, body, _ = split_envelope(frames)
             refusal = Unavailable(
                 "the server is shutting down; retry after it restarts",
                 rid=None if body is None else peek_rid(body),
             )
             self._reply(router, envelope, encode_exception(refusal))
-
-
-def _weight(command: Command) -> int:
-    """How many changes a queued command stands for: a batch part counts each change."""
-    part = command[6]
-    return 1 if part is None else part[1]
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str]:
@@ -396,7 +505,21 @@ def split_envelope(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str]
             None,
             f"expected a body frame after the identity, got {len(frames) - 1} frames",
         )
+
+    if delimiter > 1 and not _is_routing_envelope(frames[1:delimiter]):
+        return (
+            [frames[0], b""],
+            None,
+            f"the envelope must have at most {MAX_ENVELOPE_FRAMES} routing frames of at most "
+            f"{MAX_ROUTING_ID_BYTES} bytes each, got {delimiter} frames",
+        )
     envelope, rest = frames[: delimiter + 1], frames[delimiter + 1 :]
     if len(rest) == 1:
         return envelope, rest[0], ""
     return envelope, None, f"expected one body frame after the empty delimiter, got {len(rest)}"
+
+
+def _is_routing_envelope(frames: list[bytes]) -> bool:
+    if len(frames) >= MAX_ENVELOPE_FRAMES:
+        return False
+    return all(len(frame) <= MAX_ROUTING_ID_BYTES for frame in frames)

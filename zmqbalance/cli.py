@@ -14,6 +14,7 @@ from zmqbalance.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from zmqbalance.datadir import DEFAULT_SNAPSHOT_BYTES
 from zmqbalance.errors import ZmqBalanceError
 from zmqbalance.journal import DEFAULT_SEGMENT_BYTES, FSYNC_MODES
+from zmqbalance.protocol import MAX_FRAME_BYTES
 from zmqbalance.server import (
     DEFAULT_BIND,
     DEFAULT_DATA_DIR,
@@ -96,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the old HTTP API here, e.g. 127.0.0.1:7080 (default: off)",
     )
     serve.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=MAX_FRAME_BYTES,
+        help="largest request frame in bytes; ZeroMQ disconnects a client that sends a larger "
+        "one (default: %(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -162,6 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
             scale=args.scale,
             allow_negative=args.allow_negative,
             queue_max=args.queue_max,
+            max_frame_bytes=args.max_frame_bytes,
             data_dir=None if args.in_memory else args.data_dir,
             fsync=args.fsync,
             snapshot_bytes=args.snapshot_bytes,

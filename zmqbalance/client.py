@@ -88,7 +88,20 @@ def encode_amount(amount: Amount) -> int | str | float:
 
 
 class Client:
-    """A blocking zmqbalance client; not thread-safe, so give each thread its own."""
+    """A blocking zmqbalance client; not thread-safe, so give each thread its own.
+
+    ``timeout`` (default :data:`DEFAULT_TIMEOUT`, 2.5 s) bounds the wait for one reply, and
+    ``retries`` (default :data:`DEFAULT_RETRIES`, 3) is how many times a request is sent again
+    after a timeout, ``busy`` or ``unavailable``. With the defaults a call returns or raises
+    within about 4 x 2.5 s = 10 s, plus at most 0.35 s of backoff after ``busy`` or
+    ``unavailable`` replies.
+
+    Every attempt carries the same rid. While the server remembers that rid, a credit or debit
+    is applied at most once however many attempts reach it, and a resend of an applied change
+    returns its first outcome with ``replay`` set. :class:`~zmqbalance.errors.TimedOut` means
+    no reply arrived: the change may or may not have been applied. Calling again with the rid
+    from the exception is safe while the server still remembers that rid (its ``rid_window``).
+    """
 
     def __init__(
         self,

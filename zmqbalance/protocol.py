@@ -36,13 +36,28 @@ OPS = (PLUS_FUNDS, SUB_FUNDS, BALANCE, PING, BATCH)
 # takes about 2.2 MB.
 MAX_FRAME_BYTES = 4 << 20
 MAX_BATCH_CHANGES = 10_000
+MIN_FRAME_BYTES = 1024  # a request with the longest account, rid and amount fits in about 300
 MAX_ACCOUNT_BYTES = 128
 MAX_RID_BYTES = 64
 MAX_DEBUG_SLEEP = 10.0  # seconds
+MAX_HOLD_REPLY = 10.0  # seconds
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
-REQUEST_KEYS = frozenset(
-    {"op", "account", "amount", "rid", "seconds", "changes", "detail", "partition"}
-)
+MAX_NESTING = 1024  # levels; msgpack's C unpacker raises StackError past its fixed stack
+
+# The keys each op takes. A key that the op does not use is rejected rather than ignored, so a
+# misspelt or misplaced field never passes unnoticed.
+OP_KEYS: dict[str, frozenset[str]] = {
+    PING: frozenset({"op", "rid"}),
+    BALANCE: frozenset({"op", "account", "rid"}),
+    PLUS_FUNDS: frozenset({"op", "account", "amount", "rid"}),
+    SUB_FUNDS: frozenset({"op", "account", "amount", "rid"}),
+    BATCH: frozenset({"op", "changes", "detail", "partition", "rid"}),
+}
+REQUEST_KEYS = frozenset().union(*OP_KEYS.values())
+# Accepted only when the server runs with test hooks (ZMQBALANCE_TEST_HOOKS=1).
+DEBUG_OP_KEYS = {DEBUG_SLEEP: frozenset({"op", "account", "seconds", "rid"})}
+HOLD_REPLY = "hold_reply"  # delay the reply by this many seconds; the change applies at once
+TEST_HOOK_KEYS = frozenset({"seconds", HOLD_REPLY})
 
 
 class Request(NamedTuple):
@@ -56,6 +71,7 @@ class Request(NamedTuple):
     changes: list[Any] | None = None  # batch only: the changes, each still unchecked
     detail: bool = False  # batch only: reply with every change's outcome
     partition: int | None = None  # batch only: the worker the client says owns every change
+    hold_reply: float = 0.0
 
 
 def pack(value: object) -> bytes:
@@ -65,16 +81,58 @@ def pack(value: object) -> bytes:
 
 
 def unpack_frame(frame: bytes) -> Any:
-    """Unpack one untrusted msgpack frame, raising BadRequest for anything malformed."""
+    """Unpack one untrusted msgpack frame, raising BadRequest for anything malformed.
+
+    Every declared length is bounded by the frame's own size, so a header that claims 4 GB
+    fails at once instead of making the unpacker allocate it.
+    """
+    size = len(frame)
     try:
-        return msgpack.unpackb(frame, raw=False, strict_map_key=False, ext_hook=_reject_ext)
+        return msgpack.unpackb(
+            frame,
+            raw=False,
+            strict_map_key=False,
+            ext_hook=_reject_ext,
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=size,
+            max_map_len=size // 2,
+            max_ext_len=size,
+        )
     except BadRequest:
         raise
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        # ExtraData, FormatError, StackError and truncated input all arrive here.
-        raise BadRequest(f"request is not a single valid msgpack value: {exc}") from exc
-    except RecursionError as exc:
-        raise BadRequest("request is nested too deeply") from exc
+    except msgpack.ExtraData as exc:
+        raise BadRequest(
+            f"request has {len(exc.extra)} extra bytes after its msgpack value; "
+            "send one value per frame"
+        ) from None
+    except msgpack.StackError:
+        raise BadRequest(f"request is nested more than {MAX_NESTING} levels deep") from None
+    except msgpack.FormatError:
+        raise BadRequest(
+            "request is not valid msgpack: it contains a byte that is no msgpack type "
+            f"(frame starts {_head(frame)})"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"request contains a string that is not valid UTF-8: {exc.reason}"
+        ) from None
+    except TypeError as exc:
+        # strict_map_key=False lets any hashable key through; a list or map key lands here.
+        raise BadRequest(f"request keys must be strings: {exc}") from None
+    except ValueError as exc:
+        # Truncated input and lengths over the limits above.
+        raise BadRequest(
+            f"request is not a complete msgpack value ({exc}); frame of {size} bytes "
+            f"starts {_head(frame)}"
+        ) from None
+    except RecursionError:
+        raise BadRequest("request is nested too deeply") from None
+
+
+def _head(frame: bytes) -> str:
+    """Return the first bytes of a frame in hex, for error messages."""
+    return frame[:16].hex(" ") or "empty"
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -96,35 +154,48 @@ def decode_request(frame: bytes, scale: int, *, debug_ops: bool = False) -> Requ
 
 
 def _validate(message: dict[Any, Any], rid: Rid | None, scale: int, debug_ops: bool) -> Request:
-    for key in message:
-        if not isinstance(key, str):
-            raise BadRequest(f"request keys must be strings, got {type(key).__name__} {key!r:.40}")
-        if key not in REQUEST_KEYS:
-            raise BadRequest(f"unknown request key {key!r:.40}")
-
     op = message.get("op")
     if op is None:
+        _check_keys(message, debug_ops)
         raise BadRequest("request has no op")
     if not isinstance(op, str):
         raise BadRequest(f"op must be a string, got {type(op).__name__}")
-    if op == PING:
-        return Request(PING, "", rid=rid)
-    if op == BATCH:
-        return _validate_batch(message, rid)
-    if op not in OPS and not (debug_ops and op == DEBUG_SLEEP):
+    allowed = OP_KEYS.get(op) or (DEBUG_OP_KEYS.get(op) if debug_ops else None)
+    if allowed is None:
         raise UnknownOp(f"unknown op {op!r:.40}; expected one of {', '.join(OPS)}", rid=rid)
 
+    _check_keys(message, debug_ops)
+    for key in message:
+        if key not in allowed and key != HOLD_REPLY:
+            raise BadRequest(f"key {key!r} does not apply to op {op!r}")
+    hold_reply = _read_seconds(HOLD_REPLY, message.get(HOLD_REPLY, 0), MAX_HOLD_REPLY)
+
+    if op == PING:
+        return Request(PING, "", rid=rid, hold_reply=hold_reply)
+    if op == BATCH:
+        return _validate_batch(message, rid)
     account = read_account(message.get("account"))
     if op == BALANCE:
-        return Request(op, account, rid=rid)
+        return Request(op, account, rid=rid, hold_reply=hold_reply)
     if op == DEBUG_SLEEP:
-        return Request(op, account, rid=rid, seconds=_read_seconds(message.get("seconds")))
+        seconds = _read_seconds("seconds", message.get("seconds"), MAX_DEBUG_SLEEP)
+        return Request(op, account, rid=rid, seconds=seconds, hold_reply=hold_reply)
     try:
         units = parse_amount(message.get("amount"), scale)
     except InvalidAmount as exc:
         exc.op, exc.account = op, account
         raise
-    return Request(op, account, units, rid)
+    return Request(op, account, units, rid, hold_reply=hold_reply)
+
+
+def _check_keys(message: dict[Any, Any], debug_ops: bool) -> None:
+    for key in message:
+        if not isinstance(key, str):
+            raise BadRequest(f"request keys must be strings, got {type(key).__name__} {key!r:.40}")
+        if key not in REQUEST_KEYS and not (debug_ops and key in TEST_HOOK_KEYS):
+            raise BadRequest(
+                f"unknown request key {key!r:.40}; expected {', '.join(sorted(REQUEST_KEYS))}"
+            )
 
 
 def _validate_batch(message: dict[Any, Any], rid: Rid | None) -> Request:
@@ -186,11 +257,11 @@ def _read_rid(message: dict[Any, Any]) -> Rid | None:
     return rid
 
 
-def _read_seconds(value: object) -> float:
+def _read_seconds(key: str, value: object, maximum: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(f"seconds must be a number, got {value!r:.40}")
-    if not 0 <= value <= MAX_DEBUG_SLEEP:
-        raise BadRequest(f"seconds must be between 0 and {MAX_DEBUG_SLEEP}, got {value!r}")
+        raise BadRequest(f"{key} must be a number of seconds, got {value!r:.40}")
+    if not 0 <= value <= maximum:
+        raise BadRequest(f"{key} must be between 0 and {maximum} seconds, got {value!r}")
     return float(value)
 
 

@@ -16,6 +16,15 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, message: str, *args: object) -> None:
+        self.log(logging.WARNING, key, message, *args)
+
+    def exception(self, key: str, message: str, *args: object) -> None:
+        """Log at ERROR with the traceback of the exception being handled."""
+        self.log(logging.ERROR, key, message, *args, exc_info=True)
+
+    def log(
+        self, level: int, key: str, message: str, *args: object, exc_info: bool = False
+    ) -> None:
         now = time.monotonic()
         if now - self._last.get(key, -self.interval) < self.interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -23,6 +32,6 @@ class RateLimitedLog:
         suppressed = self._suppressed.pop(key, 0)
         self._last[key] = now
         if suppressed:
-            self.logger.warning(message + " (%d similar messages suppressed)", *args, suppressed)
-        else:
-            self.logger.warning(message, *args)
+            message += " (%d similar messages suppressed)"
+            args = (*args, suppressed)
+        self.logger.log(level, message, *args, exc_info=exc_info)

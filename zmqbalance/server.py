@@ -32,7 +32,7 @@ from zmqbalance.gateways import Gateway, check_gateway_address, start_gateways, 
 from zmqbalance.journal import DEFAULT_SEGMENT_BYTES, FSYNC_MODES
 from zmqbalance.ledger import DEFAULT_RID_WINDOW, Ledger
 from zmqbalance.money import check_scale
-from zmqbalance.protocol import MAX_FRAME_BYTES
+from zmqbalance.protocol import MAX_FRAME_BYTES, MIN_FRAME_BYTES
 from zmqbalance.worker import Store, Worker
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,10 @@ class Config:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}, got {self.fsync!r}")
         if self.queue_max < 1:
             raise ValueError(f"queue_max must be at least 1, got {self.queue_max}")
+        if self.max_frame_bytes < MIN_FRAME_BYTES:
+            raise ValueError(
+                f"max_frame_bytes must be at least {MIN_FRAME_BYTES}, got {self.max_frame_bytes}"
+            )
 
 
 class Server:
