@@ -23,19 +23,22 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from zmqbalance import testhooks
 from zmqbalance.errors import ConfigMismatch, JournalCorrupt, StorageError
 from zmqbalance.journal import (
     DEFAULT_SEGMENT_BYTES,
+    OP_CODES,
     FileJournal,
     Record,
     TornTail,
+    decode_changes,
     fsync_directory,
     list_segments,
     read_segment,
 )
-from zmqbalance.ledger import Ledger
+from zmqbalance.ledger import PLUS_FUNDS, Ledger
 from zmqbalance.partition import PARTITION_FUNCTION
 from zmqbalance.snapshot import TMP_SUFFIX, list_snapshots, read_snapshot, write_snapshot
 
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 TORN_FOLDER = "torn"
+PLUS_CODE = OP_CODES[PLUS_FUNDS]
 DEFAULT_SNAPSHOT_BYTES = 256 << 20  # journal bytes written before a worker takes a snapshot
 
 
@@ -156,7 +160,7 @@ def recover(directory: Path, index: int, ledger: Ledger, *, repair: bool) -> Rec
                 if repair:
                     cut_torn_tail(directory, item)
                 continue
-            last_seq = item.first_seq + len(item.records) - 1
+            last_seq = item.first_seq + len(item.changes) - 1
             if last_seq <= report.snapshot_seq:
                 continue  # already in the snapshot
             if item.first_seq != expected:
@@ -165,17 +169,23 @@ def recover(directory: Path, index: int, ledger: Ledger, *, repair: bool) -> Rec
                     path=str(path),
                     offset=item.offset,
                 )
-            _restore(ledger, item.records)
+            _restore(ledger, item.changes)
             report.groups += 1
-            report.changes += len(item.records)
+            report.changes += len(item.changes)
             expected = last_seq + 1
     report.next_seq = expected
     return report
 
 
-def _restore(ledger: Ledger, records: list[Record]) -> None:
-    for op, account, units, rid, error, message in records:
-        ledger.restore(op, account, units, rid, error, message)
+def _restore(ledger: Ledger, changes: list[list[Any]]) -> None:
+    """Re-apply stored changes; the short form (applied, no rid) takes a fast path."""
+    for change in changes:
+        if len(change) == 3:
+            op_code, account, units = change
+            ledger.restore_applied(op_code == PLUS_CODE, account, units)
+        else:
+            for record in decode_changes([change]):
+                ledger.restore(*record)
 
 
 def cut_torn_tail(directory: Path, torn: TornTail) -> Path:
@@ -224,6 +234,10 @@ class WorkerStore:
     def __repr__(self) -> str:
         return f"<WorkerStore {self.directory} {self.journal!r}>"
 
+    @property
+    def syncs(self) -> int:
+        return self.journal.syncs
+
     def append(self, records: list[Record]) -> None:
         self.journal.append(records)
 
@@ -266,6 +280,7 @@ class MemoryStore:
     """The in-memory engine's storage: keeps nothing, so a restart starts from zero."""
 
     durable = False
+    syncs = 0
 
     def append(self, records: list[Record]) -> None:
         pass

@@ -103,9 +103,10 @@ def encode_group(first_seq: int, records: Sequence[Record]) -> bytes:
     return GROUP_HEADER.pack(len(payload), first_seq, header_crc, zlib.crc32(payload)) + payload
 
 
-def decode_changes(payload: bytes) -> list[Record]:
+def decode_changes(changes: list[list[Any]]) -> list[Record]:
+    """Turn stored changes (see the payload format above) back into records."""
     records: list[Record] = []
-    for change in msgpack.unpackb(payload, raw=False):
+    for change in changes:
         if len(change) == 3:
             records.append((OP_NAMES[change[0]], change[1], change[2], None, None, None))
         else:
@@ -224,12 +225,15 @@ class FileJournal:
 
 @dataclass
 class GroupRead:
-    """One group record read back from a segment."""
+    """One group record read back from a segment, its changes still in their stored form."""
 
     path: Path
     offset: int
     first_seq: int
-    records: list[Record]
+    changes: list[list[Any]]
+
+    def records(self) -> list[Record]:
+        return decode_changes(self.changes)
 
 
 @dataclass
@@ -262,7 +266,7 @@ def read_segment(path: Path, *, last: bool) -> Iterator[GroupRead | TornTail]:
         if problem is None:
             length, first_seq, _, _ = GROUP_HEADER.unpack_from(data, offset)
             payload = data[offset + GROUP_HEADER.size : offset + GROUP_HEADER.size + length]
-            yield GroupRead(path, offset, first_seq, decode_changes(payload))
+            yield GroupRead(path, offset, first_seq, msgpack.unpackb(payload, raw=False))
             offset += GROUP_HEADER.size + length
             continue
         if last and torn:
@@ -282,10 +286,10 @@ def _check_group(data: bytes, offset: int) -> tuple[str | None, bool]:
     rest = len(data) - offset
     if rest < GROUP_HEADER.size:
         return "group header is cut short", True
-    if not data[offset:].strip(b"\0"):
-        return "only zero bytes follow", True
     length, _, header_crc, payload_crc = GROUP_HEADER.unpack_from(data, offset)
     if zlib.crc32(data[offset : offset + 12]) != header_crc:
+        if not data[offset:].strip(b"\0"):
+            return "only zero bytes follow", True
         return "group header checksum does not match", False
     if length > MAX_GROUP_BYTES:
         return f"group length {length} is over the maximum of {MAX_GROUP_BYTES}", False

@@ -208,5 +208,16 @@ class Ledger:
             self.remember(rid, op, account, units, outcome)
         return outcome
 
+    def restore_applied(self, credit: bool, account: str, units: int) -> None:
+        """Re-apply a journaled change that was applied and carried no rid (recovery's bulk)."""
+        state = self.accounts.get(account)
+        if state is None:
+            state = self.accounts[account] = Account()
+        if credit:
+            state.balance += units
+        else:
+            state.balance -= units
+        state.count += 1
+
     def items(self) -> Iterator[tuple[str, Account]]:
         return iter(self.accounts.items())

@@ -48,6 +48,11 @@ class Store(Protocol):
 
     durable: bool
 
+    @property
+    def syncs(self) -> int:
+        """Journal fsyncs so far."""
+        ...
+
     def append(self, records: list[Record]) -> None: ...
 
     def sync(self) -> None: ...
@@ -124,7 +129,13 @@ class Worker(threading.Thread):
                 self._snapshot()
             if stopping:
                 socket.send(STOPPED)
-                log.info("worker %d stopped after %d groups", self.index, self.groups)
+                log.info(
+                    "worker %d stopped after %d commands in %d groups, %d journal syncs",
+                    self.index,
+                    self.commands,
+                    self.groups,
+                    self.store.syncs,
+                )
                 return
 
     def _drain(self, socket: zmq.Socket[bytes]) -> tuple[list[Command], bool]:
