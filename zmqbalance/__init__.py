@@ -4,6 +4,7 @@ The public client API is re-exported here: :class:`Client`, :class:`AsyncClient`
 result types, and the exception tree.
 """
 
+from zmqbalance.aio import AsyncClient
 from zmqbalance.client import Client
 from zmqbalance.errors import (
     BadRequest,
@@ -29,6 +30,7 @@ from zmqbalance.replies import Balance, BatchResult, ChangeResult, ServerInfo
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "BadRequest",
     "Balance",
     "BatchResult",
