@@ -132,6 +132,7 @@ def test_error_table_complete() -> None:
         "invalid_rid",
         "rid_conflict",
         "too_large",
+        "wrong_partition",
         "insufficient_funds",
         "limit_exceeded",
         "busy",

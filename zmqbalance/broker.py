@@ -14,18 +14,23 @@ instead of queueing without bound.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import zmq
 
+from zmqbalance.batch import Gather, account_of
 from zmqbalance.errors import BadRequest, Busy, RequestError, Unavailable
 from zmqbalance.partition import PARTITION_FUNCTION, owner_of
 from zmqbalance.protocol import (
+    BATCH,
     PING,
+    Request,
     decode_request,
     encode_exception,
     encode_ping,
@@ -82,6 +87,8 @@ class Broker(threading.Thread):
         self.endpoint: str | None = None
         self._rate_limited = RateLimitedLog(log)
         self.queued = [0] * len(worker_endpoints)  # commands sent to each worker, not answered
+        self.gathers: dict[int, Gather] = {}  # batches waiting for their parts
+        self._gather_ids = itertools.count()
 
     def __repr__(self) -> str:
         return f"<Broker {self.endpoint or self.bind} workers={len(self.worker_endpoints)}>"
@@ -143,7 +150,7 @@ class Broker(threading.Thread):
         for index, batch in enumerate(batches):
             if batch:
                 workers[index].send(pack(batch))
-                self.queued[index] += len(batch)
+                self.queued[index] += sum(_weight(command) for command in batch)
 
     def _route(
         self, router: zmq.Socket[bytes], frames: list[bytes], batches: list[list[Command]]
@@ -166,6 +173,9 @@ class Broker(threading.Thread):
             ping = encode_ping(len(batches), self.scale, PARTITION_FUNCTION, request.rid)
             self._reply(router, envelope, ping)
             return
+        if request.op == BATCH:
+            self._route_batch(router, envelope, request, body, batches)
+            return
 
         owner = owner_of(request.account, len(batches))
         batch = batches[owner]
@@ -181,8 +191,88 @@ class Broker(threading.Thread):
             self._reply(router, envelope, encode_exception(busy))
             return
         batch.append(
-            (envelope, request.op, request.account, request.units, request.rid, request.seconds)
+            (
+                envelope,
+                request.op,
+                request.account,
+                request.units,
+                request.rid,
+                request.seconds,
+                None,
+            )
         )
+
+    def _route_batch(
+        self,
+        router: zmq.Socket[bytes],
+        envelope: list[bytes],
+        request: Request,
+        body: bytes,
+        batches: list[list[Command]],
+    ) -> None:
+        """Split a batch into one part per owning worker, or answer it here if it cannot go."""
+        assert request.changes is not None
+        gather = Gather(envelope, request.rid, len(request.changes), request.detail)
+        try:
+            parts = self._split_batch(request, gather, len(batches))
+        except RequestError as exc:
+            exc.rid = request.rid
+            self._reply(router, envelope, encode_exception(exc))
+            return
+
+        for owner, items in parts.items():
+            size = len(items) if items is not None else len(request.changes)
+            if self.queued[owner] + sum(map(_weight, batches[owner])) + size > self.queue_max:
+                self.stats.busy += 1
+                busy = Busy(
+                    f"worker {owner} cannot queue {size} more changes; nothing of the "
+                    "batch was applied; retry later",
+                    op=BATCH,
+                    rid=request.rid,
+                )
+                self._reply(router, envelope, encode_exception(busy))
+                return
+        if not parts:
+            self._reply(router, envelope, gather.reply())
+            return
+
+        gather_id = next(self._gather_ids)
+        gather.pending = len(parts)
+        self.gathers[gather_id] = gather
+        for owner, items in parts.items():
+            size = len(items) if items is not None else len(request.changes)
+            gather.sizes[owner] = size
+            frame = body if items is None else None
+            part = (gather_id, size, items, request.detail, frame)
+            batches[owner].append(([], BATCH, "", 0, None, 0.0, part))
+
+    def _split_batch(
+        self, request: Request, gather: Gather, workers: int
+    ) -> dict[int, list[tuple[int, Any]] | None]:
+        """Group a batch's changes by owner; None stands for the whole batch, unsplit."""
+        assert request.changes is not None
+        if request.partition is not None:
+            if not 0 <= request.partition < workers:
+                raise BadRequest(
+                    f"partition {request.partition} does not exist; the server has "
+                    f"{workers} workers"
+                )
+            if not request.changes:
+                return {}
+            return {request.partition: None}
+
+        parts: dict[int, list[tuple[int, Any]] | None] = {}
+        for index, change in enumerate(request.changes):
+            try:
+                owner = owner_of(account_of(change), workers)
+            except RequestError as exc:
+                gather.fail(index, exc)
+                continue
+            items = parts.get(owner)
+            if items is None:
+                items = parts[owner] = []
+            items.append((index, change))
+        return parts
 
     def _on_bad_frames(
         self, router: zmq.Socket[bytes], envelope: list[bytes], problem: str
@@ -203,12 +293,25 @@ class Broker(threading.Thread):
             if frame == STOPPED:
                 stopped += 1
                 continue
-            replies = msgpack.unpackb(frame, raw=False)
-            self.queued[index] -= len(replies)
-            for envelope, body in replies:
+            for envelope, body in msgpack.unpackb(frame, raw=False):
+                if isinstance(envelope, int):
+                    self._on_part(router, envelope, body, index)
+                    continue
+                self.queued[index] -= 1
                 envelope.append(body)
                 self._send(router, envelope)
         return stopped
+
+    def _on_part(
+        self, router: zmq.Socket[bytes], gather_id: int, part: list[Any], worker: int
+    ) -> None:
+        """Add a worker's part to its batch; reply once every part has arrived."""
+        gather = self.gathers[gather_id]
+        self.queued[worker] -= gather.sizes[worker]
+        gather.add(part)
+        if gather.pending == 0:
+            del self.gathers[gather_id]
+            self._reply(router, gather.envelope, gather.reply())
 
     def _reply(self, router: zmq.Socket[bytes], envelope: list[bytes], body: bytes) -> None:
         self._send(router, [*envelope, body])
@@ -268,6 +371,12 @@ class Broker(threading.Thread):
                 rid=None if body is None else peek_rid(body),
             )
             self._reply(router, envelope, encode_exception(refusal))
+
+
+def _weight(command: Command) -> int:
+    """How many changes a queued command stands for: a batch part counts each change."""
+    part = command[6]
+    return 1 if part is None else part[1]
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str]:

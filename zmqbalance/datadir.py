@@ -205,6 +205,8 @@ def cut_torn_tail(directory: Path, torn: TornTail) -> Path:
 class WorkerStore:
     """A worker's durable storage: its journal, plus snapshots once the journal grows enough."""
 
+    durable = True
+
     def __init__(
         self,
         directory: Path,
@@ -262,6 +264,8 @@ class WorkerStore:
 
 class MemoryStore:
     """The in-memory engine's storage: keeps nothing, so a restart starts from zero."""
+
+    durable = False
 
     def append(self, records: list[Record]) -> None:
         pass

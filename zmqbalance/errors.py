@@ -86,6 +86,12 @@ class TooLarge(RequestError):
     code = "too_large"
 
 
+class WrongPartition(RequestError):
+    """A change in a partitioned batch names an account that another worker owns."""
+
+    code = "wrong_partition"
+
+
 class RefusedError(ZmqBalanceError):
     """A valid request that a business rule rejected; nothing changed."""
 
@@ -173,6 +179,7 @@ WIRE_ERRORS: tuple[type[ZmqBalanceError], ...] = (
     InvalidRid,
     RidConflict,
     TooLarge,
+    WrongPartition,
     InsufficientFunds,
     LimitExceeded,
     Busy,

@@ -35,9 +35,13 @@ DEFAULT_RID_WINDOW = 100_000
 Rid = str | bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
-    """The result of one command: a balance and count, or an error code and message."""
+    """The result of one command: a balance and count, or an error code and message.
+
+    Treat it as immutable; it is not frozen only because frozen dataclasses are slower to
+    create, and one is made per change.
+    """
 
     ok: bool
     account: str
@@ -118,6 +122,17 @@ class Ledger:
         return outcome
 
     def _change(self, op: str, account: str, units: int) -> Outcome:
+        refusal = self.change(op, account, units)
+        if refusal is not None:
+            return refusal
+        state = self.accounts[account]
+        return Outcome(True, account, state.balance, state.count)
+
+    def change(self, op: str, account: str, units: int) -> Outcome | None:
+        """Apply a change that carries no rid; return None if applied, else the refusal.
+
+        The batch path calls this directly, so that an applied change costs no Outcome.
+        """
         state = self.accounts.get(account)
         balance = 0 if state is None else state.balance
         new_balance = balance + units if op == PLUS_FUNDS else balance - units
@@ -141,7 +156,7 @@ class Ledger:
             state = self.accounts[account] = Account()
         state.balance = new_balance
         state.count += 1
-        return Outcome(True, account, new_balance, state.count)
+        return None
 
     def _refusal(self, account: str, error: str, message: str) -> Outcome:
         state = self.accounts.get(account)

@@ -39,10 +39,14 @@ def parse_amount(value: object, scale: int) -> int:
     ``value`` may be an int (whole units), a decimal string such as ``"12.50"``, or a float
     whose shortest decimal form (``repr``) has at most ``scale`` decimals.
     """
+    if type(value) is int:  # the common case first; bool is a subclass, so not this type
+        units: int = value * 10**scale
+        if 0 < units <= MAX_UNITS:
+            return units
     if isinstance(value, bool):
         raise InvalidAmount(f"amount must be a number, got the boolean {value!r}")
     if isinstance(value, int):
-        units: int = value * 10**scale
+        units = value * 10**scale
     elif isinstance(value, float):
         units = _float_units(value, scale)
     elif isinstance(value, str):

@@ -41,7 +41,7 @@ DEFAULT_BIND = "tcp://127.0.0.1:7070"
 DEFAULT_WORKERS = 4
 DEFAULT_SCALE = 6
 DEFAULT_DATA_DIR = "zmqbalance-data"
-DEFAULT_QUEUE_MAX = 10_000  # commands queued per worker before the broker answers busy
+DEFAULT_QUEUE_MAX = 50_000  # changes queued per worker before the broker answers busy
 START_TIMEOUT = 10.0  # seconds to wait for every thread to report that it started
 STOP_TIMEOUT = 30.0  # seconds the workers get to finish their queues on shutdown
 TEST_HOOKS_VARIABLE = "ZMQBALANCE_TEST_HOOKS"
@@ -110,6 +110,7 @@ class Server:
             )
             worker = Worker(
                 index,
+                config.workers,
                 self.context,
                 f"{self._prefix}-worker-{index}",
                 ledger,

@@ -17,13 +17,17 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import msgpack
 import zmq
 
+from zmqbalance.batch import Part, PartResult, parse_change
+from zmqbalance.errors import RequestError, WrongPartition
 from zmqbalance.journal import Record
 from zmqbalance.ledger import BALANCE, CHANGE_OPS, Ledger, Outcome, Rid, needs_record
+from zmqbalance.money import format_units
+from zmqbalance.partition import owner_of
 from zmqbalance.protocol import DEBUG_SLEEP, encode_error, encode_outcome, pack
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,8 @@ def has_message(socket: zmq.Socket[bytes]) -> bool:
 class Store(Protocol):
     """Where a worker commits its groups: a data directory, or nothing for in-memory."""
 
+    durable: bool
+
     def append(self, records: list[Record]) -> None: ...
 
     def sync(self) -> None: ...
@@ -54,9 +60,10 @@ class Store(Protocol):
 
 
 # A validated command on its way to a worker: the client's routing envelope, op, account,
-# amount in minor units, rid and debug_sleep seconds. The broker sends a worker a msgpack array
-# of these in one message; the worker answers with one array of (envelope, reply body).
-Command = tuple[list[bytes], str, str, int, "Rid | None", float]
+# amount in minor units, rid, debug_sleep seconds, and for a batch the worker's part of it.
+# The broker sends a worker a msgpack array of these in one message; the worker answers with
+# one array of (envelope, reply body), or (gather id, part results) for a batch part.
+Command = tuple[list[bytes], str, str, int, "Rid | None", float, "Part | None"]
 
 
 class Worker(threading.Thread):
@@ -65,6 +72,7 @@ class Worker(threading.Thread):
     def __init__(
         self,
         index: int,
+        workers: int,
         context: zmq.Context[zmq.Socket[bytes]],
         endpoint: str,
         ledger: Ledger,
@@ -74,10 +82,12 @@ class Worker(threading.Thread):
     ) -> None:
         super().__init__(name=f"zmqbalance-worker-{index}", daemon=True)
         self.index = index
+        self.workers = workers
         self.context = context
         self.endpoint = endpoint
         self.ledger = ledger
         self.store = store
+        self.durable = store.durable
         self.queue_max = queue_max
         self.started = threading.Event()
         self.groups = 0
@@ -132,15 +142,19 @@ class Worker(threading.Thread):
                 return commands, False
             frame = socket.recv()
 
-    def process(self, commands: list[Command]) -> list[tuple[list[bytes], bytes]]:
+    def process(self, commands: list[Command]) -> list[tuple[Any, Any]]:
         """Apply a group of commands, commit their records with one sync, return the replies.
 
-        Each reply is the command's envelope and its encoded reply body.
+        Each reply is the command's envelope and its encoded reply body, or for a batch part
+        its gather id and the part's results.
         """
         records: list[Record] = []
-        replies = []
-        for envelope, op, account, units, rid, seconds in commands:
-            replies.append((envelope, self._apply(op, account, units, rid, seconds, records)))
+        replies: list[tuple[Any, Any]] = []
+        for envelope, op, account, units, rid, seconds, part in commands:
+            if part is not None:
+                replies.append((part[0], self._apply_part(part, records)))
+            else:
+                replies.append((envelope, self._apply(op, account, units, rid, seconds, records)))
 
         if records:
             # A failure here propagates and stops the worker before any reply of the group
@@ -180,6 +194,50 @@ class Worker(threading.Thread):
             records.append((op, account, units, rid, outcome.error, outcome.message))
         return encode_outcome(outcome, self.ledger.scale, rid)
 
+    def _apply_part(self, part: Part, records: list[Record]) -> list[Any]:
+        """Apply each change of a batch part on its own; return the part's results."""
+        _, _, pairs, detail, frame = part
+        client_partitioned = frame is not None
+        items = enumerate(msgpack.unpackb(frame, raw=False)["changes"]) if frame else pairs or []
+        result = PartResult()
+        scale = self.ledger.scale
+        for index, change in items:
+            try:
+                op, account, units, rid = parse_change(change, scale)
+                if client_partitioned and owner_of(account, self.workers) != self.index:
+                    raise WrongPartition(
+                        f"account {account!r} belongs to worker "
+                        f"{owner_of(account, self.workers)}, not {self.index}"
+                    )
+            except RequestError as exc:
+                result.failed.append((index, exc.code, exc.message))
+                if detail:
+                    result.results.append((index, [False, exc.code, exc.message]))
+                continue
+
+            if rid is None and not detail:
+                refusal = self.ledger.change(op, account, units)
+                if refusal is None:
+                    result.applied += 1
+                    if self.durable:
+                        records.append((op, account, units, None, None, None))
+                else:
+                    result.failed.append((index, refusal.error or "", refusal.message or ""))
+                continue
+
+            outcome = self.ledger.apply(op, account, units, rid)
+            if needs_record(outcome, rid):
+                records.append((op, account, units, rid, outcome.error, outcome.message))
+            if outcome.replay:
+                result.replayed.append(index)
+            if not outcome.ok:
+                result.failed.append((index, outcome.error or "", outcome.message or ""))
+            elif not outcome.replay:
+                result.applied += 1
+            if detail:
+                result.results.append((index, _detail(outcome, scale)))
+        return result.to_wire()
+
     def _outcome(
         self, op: str, account: str, units: int, rid: Rid | None, seconds: float
     ) -> Outcome:
@@ -189,3 +247,9 @@ class Worker(threading.Thread):
             time.sleep(seconds)
             return self.ledger.read(account)
         return self.ledger.apply(op, account, units, rid)
+
+
+def _detail(outcome: Outcome, scale: int) -> list[Any]:
+    if outcome.ok:
+        return [True, format_units(outcome.balance, scale), outcome.count]
+    return [False, outcome.error, outcome.message]
