@@ -33,7 +33,6 @@ from typing import Any
 import zmq
 
 from zmqbalance.client import (
-    BATCH,
     DEFAULT_ENDPOINT,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
@@ -42,7 +41,7 @@ from zmqbalance.client import (
 )
 from zmqbalance.errors import ClientError, InvalidRid, TimedOut, format_rid
 from zmqbalance.ledger import BALANCE, PLUS_FUNDS, SUB_FUNDS, Rid
-from zmqbalance.protocol import MAX_RID_BYTES, PING, pack
+from zmqbalance.protocol import BATCH, MAX_RID_BYTES, PING, pack
 from zmqbalance.replies import (
     Account,
     Amount,

@@ -19,9 +19,9 @@ from typing import Any
 
 import zmq
 
-from zmqbalance.errors import TimedOut, format_rid
+from zmqbalance.errors import TimedOut, WrongPartition, format_rid
 from zmqbalance.ledger import BALANCE, PLUS_FUNDS, SUB_FUNDS, Rid
-from zmqbalance.protocol import PING, pack
+from zmqbalance.protocol import BATCH, PING, pack
 from zmqbalance.replies import (
     Amount,
     Balance,
@@ -46,8 +46,6 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:7070"
 DEFAULT_TIMEOUT = 2.5  # seconds per attempt
 DEFAULT_RETRIES = 3  # attempts after the first one
 RETRYABLE_ERRORS = frozenset({"busy", "unavailable"})
-BATCH = "batch"
-WRONG_PARTITION = "wrong_partition"
 RETRY_BACKOFF = 0.05  # seconds before resending after busy or unavailable, doubled each time
 
 
@@ -149,7 +147,7 @@ class Client:
             for owner, indexes in groups.items()
         ]
         merged = merge_batch_results(parts, len(changes), detail)
-        if any(code == WRONG_PARTITION for _, code, _ in merged.failed):
+        if any(code == WrongPartition.code for _, code, _ in merged.failed):
             self._workers = None
         return merged
 
