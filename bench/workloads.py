@@ -36,7 +36,7 @@ class Plan:
     kind `random`: `rounds` pairs on accounts drawn from range(`account_space`).
     kind `credits`: `rounds` credits of 1, credit j on account `j % account_space`.
 
-    `send` says how a client sends its changes: `single` (one request each, in order),
+    `send` selects how a client sends its changes: `single` (one request each, in order),
     `batch` or `partitioned` (batches of `chunk` changes), or `pipeline` (up to a window of
     single requests in flight, handed over `chunk` changes at a time).
     """
@@ -65,7 +65,7 @@ class Plan:
             raise ValueError(f"unknown plan kind {self.kind!r}")
 
     def client_changes(self, client: int) -> Iterator[tuple[str, int]]:
-        """Yield (account, delta) for each change of one client: +1 then -1 per pair."""
+        """Yield (account, delta) for each change of one client: +1 then -1 per pair, or +1."""
         if self.kind == "credits":
             for j in range(self.rounds):
                 yield str(j % self.account_space), 1
