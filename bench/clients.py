@@ -3,17 +3,24 @@
 Each driver turns `change(account, delta)` into what its system needs on the wire:
 
 - `zmq`: one msgpack map on a raw pyzmq REQ socket, as the wire contract defines it. The
-  bench does not use zmqbalance's own client, so it measures the wire and not a wrapper.
+  bench does not use zmqbalance's own client here, so it measures the wire and not a wrapper.
 - `redis-incrby`: one INCRBY of the balance in minor units.
 - `redis-lock`: redis-py's `Lock` on `cb_<account>`, GET, SET, release, the way the
   service zmqbalance replaces kept its balances.
 - `redlock`: the same with pottery's `Redlock` (one Redis master).
+
+The throughput workloads call `change_many(changes, send)` instead, with many changes at once.
+There the `zmq` driver uses zmqbalance's own clients, because their batching and pipelining is
+what those workloads measure: `Client.batch`, `Client.batch_by_partition`, or an
+`AsyncClient` with a window of 1,000. The Redis INCRBY drivers send redis-py pipelines of
+1,000 INCRBY commands without MULTI/EXEC (`transaction=False`), for every `send` mode.
 
 Redis balances live under `cb:balance:<account>` as integers of minor units (10**-6).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +35,8 @@ LOCK_WAIT_S = 30.0  # a client gives up on a lock after this long instead of loo
 # lock design rather than its back-off. pottery's Redlock keeps its own random 0-0.2 s back-off.
 LOCK_RETRY_S = 0.001
 REDIS_SOCKET_TIMEOUT_S = 10.0
+REDIS_PIPELINE = 1_000  # INCRBY commands per redis-py pipeline
+PIPELINE_WINDOW = 1_000  # requests in flight for the `pipeline` send mode
 
 
 class RequestFailed(RuntimeError):
@@ -46,6 +55,7 @@ class ClientConfig:
 class Driver(Protocol):
     def warm_up(self) -> None: ...
     def change(self, account: str, delta: int) -> None: ...
+    def change_many(self, changes: list[tuple[str, int]], send: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -67,6 +77,10 @@ class ZmqDriver:
         self.socket.setsockopt(zmq.RCVTIMEO, REPLY_TIMEOUT_MS)
         self.socket.setsockopt(zmq.SNDTIMEO, REPLY_TIMEOUT_MS)
         self.socket.connect(endpoint)
+        self.endpoint = endpoint
+        self.client: Any = None  # zmqbalance.Client for batches, made on first use
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.async_client: Any = None  # zmqbalance.AsyncClient for pipelining
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         self.socket.send(msgpack.packb(message))
@@ -86,7 +100,52 @@ class ZmqDriver:
         op = "plus_funds" if delta > 0 else "sub_funds"
         self.request({"op": op, "account": account, "amount": abs(delta)})
 
+    def change_many(self, changes: list[tuple[str, int]], send: str) -> None:
+        wire = [("plus_funds" if d > 0 else "sub_funds", a, abs(d)) for a, d in changes]
+        if send == "pipeline":
+            self._pipeline(wire)
+            return
+        if self.client is None:
+            from zmqbalance import Client
+
+            self.client = Client(self.endpoint, timeout=REPLY_TIMEOUT_MS / 1000)
+        if send == "batch":
+            result = self.client.batch(wire)
+        elif send == "partitioned":
+            result = self.client.batch_by_partition(wire)
+        else:
+            raise ValueError(f"unknown send mode {send!r}")
+        if result.failed:
+            raise RequestFailed(
+                f"{len(result.failed)} changes of a batch failed: {result.failed[0]}"
+            )
+
+    def _pipeline(self, wire: list[tuple[str, str, int]]) -> None:
+        if self.loop is None:
+            from zmqbalance import AsyncClient
+
+            self.loop = asyncio.new_event_loop()
+            self.async_client = AsyncClient(
+                self.endpoint, window=PIPELINE_WINDOW, timeout=REPLY_TIMEOUT_MS / 1000
+            )
+        client = self.async_client
+
+        async def send_all() -> None:
+            await asyncio.gather(
+                *(
+                    client.plus_funds(a, n) if op == "plus_funds" else client.sub_funds(a, n)
+                    for op, a, n in wire
+                )
+            )
+
+        self.loop.run_until_complete(send_all())
+
     def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.loop is not None:
+            self.loop.run_until_complete(self.async_client.close())
+            self.loop.close()
         self.socket.close(linger=0)
         self.context.term()
 
@@ -103,12 +162,22 @@ class RedisIncrDriver:
     def change(self, account: str, delta: int) -> None:
         self.redis.incrby(balance_key(account), delta * MINOR_UNITS)
 
+    def change_many(self, changes: list[tuple[str, int]], send: str) -> None:
+        for start in range(0, len(changes), REDIS_PIPELINE):
+            pipe = self.redis.pipeline(transaction=False)
+            for account, delta in changes[start : start + REDIS_PIPELINE]:
+                pipe.incrby(balance_key(account), delta * MINOR_UNITS)
+            pipe.execute()
+
     def close(self) -> None:
         self.redis.close()
 
 
 class RedisLockDriver(RedisIncrDriver):
     """Lock, GET, SET, unlock: four round trips per change, more under contention."""
+
+    def change_many(self, changes: list[tuple[str, int]], send: str) -> None:
+        raise NotImplementedError("the lock drivers send one change at a time")
 
     def change(self, account: str, delta: int) -> None:
         lock = self.redis.lock(

@@ -104,8 +104,16 @@ def _summarize_checks(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Set each row's `ratio_to_baseline` from the baseline row of the same workload."""
-    baselines = {r["workload"]: r for r in rows if r["system"] == BASELINE and not r["variant"]}
+    """Set each row's `ratio_to_baseline` from the baseline row of the same workload.
+
+    A throughput workload names its own baseline and divides changes per second, so above 1
+    means faster than the baseline there.
+    """
+    baselines = {}
+    for row in rows:
+        baseline = WORKLOADS[row["workload"]].baseline or BASELINE
+        if row["system"] == baseline and not row["variant"]:
+            baselines[row["workload"]] = row
     for row in rows:
         row["ratio_to_baseline"] = None
         base = baselines.get(row["workload"])
@@ -114,7 +122,9 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         # A run cut at the time budget sent fewer changes, so its time has no fair ratio.
         if row["summary"]["incomplete_runs"] or base["summary"]["incomplete_runs"]:
             continue
-        field = "latency_p99_us" if row["measure"] == "latency" else "wall_s"
+        field = {"latency": "latency_p99_us", "throughput": "changes_per_s"}.get(
+            row["measure"], "wall_s"
+        )
         mine, theirs = row["summary"][field], base["summary"] and base["summary"][field]
         if mine and theirs and theirs["median"] > 0:
             row["ratio_to_baseline"] = mine["median"] / theirs["median"]

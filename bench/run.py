@@ -142,6 +142,8 @@ class Bench:
         for workload in (WORKLOADS[n] for n in self.args.workload_list):
             for system in (SYSTEMS[n] for n in self.args.system_list):
                 if workload.only_systems is not None and system.name not in workload.only_systems:
+                    if workload.skip_reason:
+                        self._skip(workload, system, workload.skip_reason)
                     continue
                 reason = unavailable_reason(system)
                 if (

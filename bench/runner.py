@@ -1,7 +1,8 @@
 """One run: client processes against one started server, timed from a barrier.
 
 Each client process connects and sends one warm-up request, then waits at a barrier with the
-parent. After the barrier every client sends its changes one at a time, timing each one. The
+parent. After the barrier every client sends its changes one at a time, timing each one, or
+for the throughput workloads hands them to its driver in chunks, untimed. The
 run's wall time is from the earliest client start to the latest client end, on
 CLOCK_MONOTONIC, which Linux keeps system-wide so times from different processes compare.
 The server's CPU time is read from /proc around the same window.
@@ -9,6 +10,7 @@ The server's CPU time is read from /proc around the same window.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import queue
@@ -74,6 +76,9 @@ def _send_plan(driver: Any, plan: Plan, client: int, deadline: float, result: Cl
     cpu_start = time.process_time()
     result.start = time.monotonic()
     try:
+        if plan.send != "single":
+            _send_chunks(driver, plan, client, deadline, result)
+            return
         for account, delta in plan.client_changes(client):
             if result.changes % DEADLINE_CHECK_EVERY == 0 and time.monotonic() > deadline:
                 result.timed_out = True
@@ -86,6 +91,19 @@ def _send_plan(driver: Any, plan: Plan, client: int, deadline: float, result: Cl
         result.end = time.monotonic()
         result.cpu_s = time.process_time() - cpu_start
         result.latencies_ns = latencies.tobytes()
+
+
+def _send_chunks(
+    driver: Any, plan: Plan, client: int, deadline: float, result: ClientResult
+) -> None:
+    """Hand the driver `plan.chunk` changes at a time; no per-change latency is measured."""
+    changes = plan.client_changes(client)
+    while chunk := list(itertools.islice(changes, plan.chunk)):
+        if time.monotonic() > deadline:
+            result.timed_out = True
+            break
+        driver.change_many(chunk, plan.send)
+        result.changes += len(chunk)
 
 
 def percentile(sorted_values: list[int], q: float) -> int:

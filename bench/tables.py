@@ -72,6 +72,22 @@ def _latency_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     return header, body
 
 
+def _throughput_rows(
+    rows: list[dict[str, Any]], baseline: str
+) -> tuple[list[str], list[list[str]]]:
+    header = ["system", "changes/s", "min-max", f"vs {baseline}", "wall s", "srv CPU s/1k",
+              "check"]  # fmt: skip
+    body = []
+    for row in rows:
+        s = row["summary"]
+        body.append([
+            row["label"], _num(_median(s, "changes_per_s"), 0), _range(s, "changes_per_s", 0),
+            _ratio(row), _num(_median(s, "wall_s")), _num(_median(s, "server_cpu_s_per_1000")),
+            _check(s),
+        ])  # fmt: skip
+    return header, body
+
+
 def _fanout_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Return a grid: one line per worker count, one column per client count."""
     clients = sorted({r["variant"]["clients"] for r in rows})
@@ -120,6 +136,8 @@ def render_workload(name: str, rows: list[dict[str, Any]], markdown: bool) -> st
             header, body = _fanout_rows(ran)
         elif workload.measure == "latency":
             header, body = _latency_rows(ran)
+        elif workload.measure == "throughput":
+            header, body = _throughput_rows(ran, workload.baseline or "zmq-mem")
         else:
             header, body = _wall_rows(ran)
         parts.append(_format(header, body, markdown))

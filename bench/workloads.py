@@ -1,8 +1,9 @@
 """Workloads: which changes each client process sends, and the final state they must leave.
 
-Every change comes in a pair, plus 1 then minus 1 on the same account from the same client,
-so every balance must end at exactly 0 and can never go below 0 in between. An account's
-expected change count is the number of changes the plan sends to it.
+Most plans send changes in pairs, plus 1 then minus 1 on the same account from the same
+client, so every balance must end at exactly 0 and can never go below 0 in between. The
+throughput plans (kind `credits`) send credits of 1 only, so a balance ends at its change
+count. An account's expected change count is the number of changes the plan sends to it.
 
 `WORKLOADS` is the registry the command line selects from. Each entry names a `Plan` for a
 full run and a smaller one for `--quick`.
@@ -20,6 +21,10 @@ SPREAD_ACCOUNTS = tuple(str(i) for i in range(64))  # enough to reach every work
 RANDOM_ACCOUNT_SPACE = 100_000
 RANDOM_SEED = 20_240  # fixed, so the same accounts are drawn in every repetition
 LOCK_SYSTEMS = frozenset({"redis-lock", "redlock"})
+THROUGHPUT_SYSTEMS = frozenset({"zmq-mem", "zmq-durable", "redis", "redis-aof"})
+THROUGHPUT_ACCOUNTS = 10_000
+BATCH_CHANGES = 1_000  # changes per batch request, and commands per Redis pipeline
+PIPELINE_CHUNK = 10_000  # changes handed to the pipelining client per call
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,11 @@ class Plan:
     kind `rounds`: `rounds` times over `accounts` in order (the original 10-client workload).
     kind `cycle`: `rounds` pairs, pair j on `accounts[(client + j) % len(accounts)]`.
     kind `random`: `rounds` pairs on accounts drawn from range(`account_space`).
+    kind `credits`: `rounds` credits of 1, credit j on account `j % account_space`.
+
+    `send` selects how a client sends its changes: `single` (one request each, in order),
+    `batch` or `partitioned` (batches of `chunk` changes), or `pipeline` (up to a window of
+    single requests in flight, handed over `chunk` changes at a time).
     """
 
     kind: str
@@ -36,6 +46,8 @@ class Plan:
     rounds: int
     accounts: tuple[str, ...] = SEED_ACCOUNTS
     account_space: int = 0
+    send: str = "single"
+    chunk: int = 1
 
     def client_accounts(self, client: int) -> Iterator[str]:
         """Yield the account of each change pair that client `client` sends."""
@@ -53,12 +65,18 @@ class Plan:
             raise ValueError(f"unknown plan kind {self.kind!r}")
 
     def client_changes(self, client: int) -> Iterator[tuple[str, int]]:
-        """Yield (account, delta) for each change of one client: +1 then -1 per pair."""
+        """Yield (account, delta) for each change of one client: +1 then -1 per pair, or +1."""
+        if self.kind == "credits":
+            for j in range(self.rounds):
+                yield str(j % self.account_space), 1
+            return
         for account in self.client_accounts(client):
             yield account, 1
             yield account, -1
 
     def total_changes(self) -> int:
+        if self.kind == "credits":
+            return self.rounds * self.clients
         pairs_per_client = self.rounds * (len(self.accounts) if self.kind == "rounds" else 1)
         return 2 * pairs_per_client * self.clients
 
@@ -66,8 +84,8 @@ class Plan:
         """Return how many changes each touched account must have seen after the run."""
         counts: Counter[str] = Counter()
         for client in range(self.clients):
-            for account in self.client_accounts(client):
-                counts[account] += 2
+            for account, _ in self.client_changes(client):
+                counts[account] += 1
         return dict(counts)
 
 
@@ -77,7 +95,9 @@ class Workload:
 
     `measure` selects the report's table: `wall` for the time from the barrier to the last
     reply, `latency` for percentiles of single changes, `fanout` for a grid over server
-    worker counts and client counts. `points` lists the fanout's (workers, clients) pairs.
+    worker counts and client counts, `throughput` for changes per second compared with the
+    `baseline` system. `points` lists the fanout's (workers, clients) pairs. A system
+    outside `only_systems` is left out, or listed as skipped with `skip_reason` when set.
     """
 
     name: str
@@ -88,6 +108,8 @@ class Workload:
     clients: int = 10
     quick_clients: int = 2
     only_systems: frozenset[str] | None = None
+    skip_reason: str = ""
+    baseline: str | None = None  # throughput only: the system the ratio column divides by
     # Systems that run only when --systems names them, because they are slow at this size.
     opt_in_systems: frozenset[str] = frozenset()
     points: tuple[tuple[int, int], ...] = ()
@@ -122,9 +144,14 @@ def _fanout_plan(pairs: int) -> Callable[[int], Plan]:
     return plan
 
 
-# TODO: `batch` (many changes per request) and `pipeline` (many requests in flight per
-# client) go here. Both need a driver method that sends several changes at once, next to
-# `change()` in bench/clients.py, and a `measure` that counts changes rather than requests.
+def _credits_plan(credits: int, send: str, chunk: int) -> Callable[[int], Plan]:
+    def plan(clients: int) -> Plan:
+        return Plan("credits", clients, credits, (), THROUGHPUT_ACCOUNTS, send, chunk)
+
+    return plan
+
+
+NO_BATCHES = "sends one change per request; batches and pipelining are not part of it"
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -174,6 +201,44 @@ WORKLOADS: dict[str, Workload] = {
             only_systems=frozenset({"zmq-mem"}),
             points=tuple((w, c) for w in FANOUT_WORKERS for c in FANOUT_CLIENTS),
             quick_points=((2, 2),),
+        ),
+        Workload(
+            "batch",
+            "one client, credits over 10,000 accounts in batches of 1,000"
+            " (Redis: pipelines of 1,000 INCRBY)",
+            "throughput",
+            full=_credits_plan(1_000_000, "batch", BATCH_CHANGES),
+            quick=_credits_plan(20_000, "batch", BATCH_CHANGES),
+            clients=1,
+            quick_clients=1,
+            only_systems=THROUGHPUT_SYSTEMS,
+            skip_reason=NO_BATCHES,
+            baseline="redis",
+        ),
+        Workload(
+            "batch-partitioned",
+            "as batch, but each 1,000 split into one partitioned batch per worker",
+            "throughput",
+            full=_credits_plan(1_000_000, "partitioned", BATCH_CHANGES),
+            quick=_credits_plan(20_000, "partitioned", BATCH_CHANGES),
+            clients=1,
+            quick_clients=1,
+            only_systems=THROUGHPUT_SYSTEMS,
+            skip_reason=NO_BATCHES,
+            baseline="redis",
+        ),
+        Workload(
+            "pipeline",
+            "one AsyncClient, single credits with up to 1,000 in flight"
+            " (Redis: pipelines of 1,000 INCRBY)",
+            "throughput",
+            full=_credits_plan(100_000, "pipeline", PIPELINE_CHUNK),
+            quick=_credits_plan(5_000, "pipeline", PIPELINE_CHUNK),
+            clients=1,
+            quick_clients=1,
+            only_systems=THROUGHPUT_SYSTEMS,
+            skip_reason=NO_BATCHES,
+            baseline="redis",
         ),
     )
 }

@@ -19,7 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent
 QUICK_TIMEOUT_S = 110  # below the 120 s per-test limit; a quick run takes well under a minute
 
 ROW_KEYS = {"key", "workload", "measure", "system", "label", "variant", "status", "reason", "runs"}
-WORKLOAD_NAMES = ("seed", "seed1000", "hot", "random", "latency", "fanout")
+WORKLOAD_NAMES = (
+    "seed",
+    "seed1000",
+    "hot",
+    "random",
+    "latency",
+    "fanout",
+    "batch",
+    "batch-partitioned",
+    "pipeline",
+)
 RUN_KEYS = {"wall_s", "changes", "planned_changes", "server_cpu_s", "errors", "check"}
 
 

@@ -80,3 +80,18 @@ def test_cpu_seconds_of_own_process():
     before = cpu_seconds(os.getpid())
     sum(i * i for i in range(200_000))
     assert cpu_seconds(os.getpid()) >= before > 0
+
+
+def test_throughput_plans_send_credits_only():
+    for name in ("batch", "batch-partitioned", "pipeline"):
+        plan = WORKLOADS[name].plan(quick=True)
+        changes = list(plan.client_changes(0))
+        assert len(changes) == plan.total_changes(), name
+        assert {delta for _, delta in changes} == {1}, name
+        assert len(plan.expected_counts()) == min(len(changes), 10_000), name
+
+
+def test_full_batch_plan_size():
+    plan = WORKLOADS["batch"].plan(quick=False)
+    assert plan.total_changes() == 1_000_000
+    assert set(plan.expected_counts().values()) == {100}

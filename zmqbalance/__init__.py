@@ -1,10 +1,11 @@
 """zmqbalance: a balance engine over ZeroMQ and msgpack.
 
-The public client API is re-exported here: :class:`Client`, its result types, and the
-exception tree.
+The public client API is re-exported here: :class:`Client`, :class:`AsyncClient`, their
+result types, and the exception tree.
 """
 
-from zmqbalance.client import Balance, Client, ServerInfo
+from zmqbalance.aio import AsyncClient
+from zmqbalance.client import Client
 from zmqbalance.errors import (
     BadRequest,
     Busy,
@@ -24,13 +25,17 @@ from zmqbalance.errors import (
     UnknownOp,
     ZmqBalanceError,
 )
+from zmqbalance.replies import Balance, BatchResult, ChangeResult, ServerInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "BadRequest",
     "Balance",
+    "BatchResult",
     "Busy",
+    "ChangeResult",
     "Client",
     "ClientError",
     "InsufficientFunds",

@@ -12,27 +12,33 @@ is thrown away.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import dataclass
-from decimal import Decimal
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-import msgpack
 import zmq
 
-from zmqbalance.errors import (
-    ERROR_CLASSES,
-    InternalError,
-    InvalidAmount,
-    ProtocolViolation,
-    ServerError,
-    TimedOut,
-    format_rid,
-)
+from zmqbalance.errors import TimedOut, WrongPartition, format_rid
 from zmqbalance.ledger import BALANCE, PLUS_FUNDS, SUB_FUNDS, Rid
-from zmqbalance.protocol import PING, pack
+from zmqbalance.protocol import BATCH, PING, pack
+from zmqbalance.replies import (
+    Amount,
+    Balance,
+    BatchResult,
+    Change,
+    ServerInfo,
+    balance_from,
+    batch_result_from,
+    decode_reply,
+    encode_amount,
+    encode_changes,
+    exception_from,
+    group_by_owner,
+    merge_batch_results,
+    new_rid,
+    server_info_from,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,50 +47,6 @@ DEFAULT_TIMEOUT = 2.5  # seconds per attempt
 DEFAULT_RETRIES = 3  # attempts after the first one
 RETRYABLE_ERRORS = frozenset({"busy", "unavailable"})
 RETRY_BACKOFF = 0.05  # seconds before resending after busy or unavailable, doubled each time
-
-Amount = int | str | Decimal | float
-
-
-@dataclass(frozen=True)
-class Balance:
-    """An account's balance and change count, as one reply reported them."""
-
-    account: str
-    balance: Decimal
-    balance_text: str
-    count: int
-    rid: Rid | None = None
-    replay: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.balance_text} {self.count}"
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """What ``ping`` reports: the partition function and the worker count clients route by."""
-
-    workers: int
-    scale: int
-    partition: str
-
-
-def new_rid() -> bytes:
-    """Return a fresh random 16-byte request id."""
-    return os.urandom(16)
-
-
-def encode_amount(amount: Amount) -> int | str | float:
-    """Turn a caller's amount into its wire form, keeping Decimal exact as a plain string."""
-    if isinstance(amount, bool):
-        raise InvalidAmount(f"amount must be a number, got the boolean {amount!r}")
-    if isinstance(amount, Decimal):
-        if not amount.is_finite():
-            raise InvalidAmount(f"amount must be a finite number, got {amount}")
-        return format(amount, "f")
-    if isinstance(amount, (int, str, float)):
-        return amount
-    raise InvalidAmount(f"amount must be int, str, Decimal or float, got {type(amount).__name__}")
 
 
 class Client:
@@ -120,6 +82,7 @@ class Client:
         self.retries = retries
         self.context = context or zmq.Context.instance()
         self.late_replies = 0
+        self._workers: int | None = None  # cached by batch_by_partition
         self._socket: zmq.Socket[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -152,22 +115,68 @@ class Client:
     def balance(self, account: str | int) -> Balance:
         """Return the balance and change count of ``account``."""
         reply = self.request({"op": BALANCE, "account": account})
-        return _balance_from(reply)
+        return balance_from(reply)
 
     def ping(self) -> ServerInfo:
-        reply = self.request({"op": PING})
-        return ServerInfo(reply["workers"], reply["scale"], reply["partition"])
+        return server_info_from(self.request({"op": PING}))
+
+    def batch(
+        self, changes: Sequence[Change], *, detail: bool = False, partition: int | None = None
+    ) -> BatchResult:
+        """Send ``changes`` in one request; the server applies each change on its own, in order.
+
+        A change is ``(op, account, amount)`` or ``(op, account, amount, rid)`` with op
+        ``"plus_funds"`` or ``"sub_funds"``. A failed change does not stop the others: it is
+        listed in ``BatchResult.failed``. A batch over the server's limit of changes is
+        rejected whole, with TooLarge. ``partition=k`` promises that worker k owns every
+        account (see :meth:`batch_by_partition`).
+
+        After a timeout the batch is resent only when every change carries a rid, because the
+        server recognises a repeated change by its rid alone. Without rids, a timeout raises
+        TimedOut at once and the caller cannot know which changes were applied.
+        """
+        encoded, all_have_rids = encode_changes(changes)
+        message: dict[str, Any] = {"op": BATCH, "changes": encoded}
+        if detail:
+            message["detail"] = True
+        if partition is not None:
+            message["partition"] = partition
+        reply = self.request(message, resend_on_timeout=all_have_rids)
+        return batch_result_from(reply)
+
+    def batch_by_partition(self, changes: Sequence[Change], *, detail: bool = False) -> BatchResult:
+        """Send ``changes`` as one partitioned batch per worker and merge the replies.
+
+        The server's worker count comes from one ``ping``, cached until a change fails with
+        ``wrong_partition`` (the server was restarted with another count). Indexes in the
+        result refer to ``changes`` as passed. Changes of one account keep their order. Each
+        per-worker batch is one request, so the server's limit of changes applies to each.
+        """
+        if self._workers is None:
+            self._workers = self.ping().workers
+        groups = group_by_owner(changes, self._workers)
+        parts = [
+            (indexes, self.batch([changes[i] for i in indexes], detail=detail, partition=owner))
+            for owner, indexes in groups.items()
+        ]
+        merged = merge_batch_results(parts, len(changes), detail)
+        if any(code == WrongPartition.code for _, code, _ in merged.failed):
+            self._workers = None
+        return merged
 
     def _change(self, op: str, account: str | int, amount: Amount, rid: Rid | None) -> Balance:
         message = {"op": op, "account": account, "amount": encode_amount(amount)}
         reply = self.request(message, rid=rid)
-        return _balance_from(reply)
+        return balance_from(reply)
 
-    def request(self, message: dict[str, Any], *, rid: Rid | None = None) -> dict[str, Any]:
+    def request(
+        self, message: dict[str, Any], *, rid: Rid | None = None, resend_on_timeout: bool = True
+    ) -> dict[str, Any]:
         """Send one request map and return the successful reply map, or raise its error.
 
-        A rid is generated when neither ``rid`` nor ``message["rid"]`` gives one. Timeouts,
-        ``busy`` and ``unavailable`` are retried with the same rid.
+        A rid is generated when neither ``rid`` nor ``message["rid"]`` gives one. ``busy`` and
+        ``unavailable`` are retried with the same rid, and so are timeouts unless
+        ``resend_on_timeout`` is false: then the first timeout raises TimedOut.
         """
         if rid is None:
             rid = message.get("rid")
@@ -186,6 +195,13 @@ class Client:
                     attempt + 1,
                     self.retries + 1,
                 )
+                if not resend_on_timeout:
+                    raise TimedOut(
+                        f"no reply from {self.endpoint} within {self.timeout} s; the request was"
+                        " not resent because it may have been applied",
+                        op=message.get("op"),
+                        rid=rid,
+                    )
                 continue
             if reply.get("ok") is True:
                 return reply
@@ -194,7 +210,7 @@ class Client:
                 time.sleep(backoff)
                 backoff *= 2
                 continue
-            raise _exception_from(reply, message, rid)
+            raise exception_from(reply, message, rid)
         raise TimedOut(
             f"no reply from {self.endpoint} after {self.retries + 1} attempts of {self.timeout} s",
             op=message.get("op"),
@@ -212,7 +228,7 @@ class Client:
             if remaining <= 0 or not socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
                 self.close()  # a REQ socket that lost its reply cannot send again
                 return None
-            reply = _decode_reply(socket.recv())
+            reply = decode_reply(socket.recv())
             if reply.get("rid", rid) == rid:
                 # A reply without a rid answers this request too: the server leaves the rid out
                 # only when it could not read it, as with invalid_rid or bad_request.
@@ -231,40 +247,3 @@ class Client:
             socket.connect(self.endpoint)
             self._socket = socket
         return self._socket
-
-
-def _decode_reply(frame: bytes) -> dict[str, Any]:
-    try:
-        reply = msgpack.unpackb(frame, raw=False)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise ProtocolViolation(f"reply is not valid msgpack: {exc}") from exc
-    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-        raise ProtocolViolation(f"reply is not a reply map: {reply!r:.80}")
-    return reply
-
-
-def _exception_from(reply: dict[str, Any], message: dict[str, Any], rid: Rid) -> Exception:
-    code = reply.get("error")
-    cls = ERROR_CLASSES.get(code, InternalError) if isinstance(code, str) else ServerError
-    account = message.get("account")
-    return cls(
-        str(reply.get("message") or code),
-        op=message.get("op"),
-        account=None if account is None else str(account),
-        rid=rid,
-    )
-
-
-def _balance_from(reply: dict[str, Any]) -> Balance:
-    try:
-        text = reply["balance"]
-        return Balance(
-            account=reply["account"],
-            balance=Decimal(text),
-            balance_text=text,
-            count=reply["count"],
-            rid=reply.get("rid"),
-            replay=bool(reply.get("replay", False)),
-        )
-    except (KeyError, TypeError, ArithmeticError) as exc:
-        raise ProtocolViolation(f"reply lacks a valid balance: {reply!r:.80}") from exc

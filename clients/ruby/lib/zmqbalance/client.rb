@@ -6,6 +6,7 @@ require "msgpack"
 require_relative "errors"
 require_relative "request"
 require_relative "result"
+require_relative "batch_result"
 
 module ZmqBalance
   DEFAULT_ENDPOINT = "tcp://127.0.0.1:7070"
@@ -74,6 +75,28 @@ module ZmqBalance
       call(op: "ping")
     end
 
+    # Send many changes in one request and return a BatchResult. Each change
+    # is [op, account, amount] or [op, account, amount, rid], op "plus_funds"
+    # or "sub_funds" (a Symbol works too). The server applies each change on
+    # its own, in order: a failed change is listed in BatchResult#failed and
+    # the others are applied. With detail: true, BatchResult#results has one
+    # ChangeResult per change. A batch over the server's limit of changes
+    # raises RequestError (too_large) and nothing is applied.
+    #
+    # After a timeout the batch is resent only when every change carries a
+    # rid, because the server recognises a repeated change by its rid alone.
+    # Otherwise the first timeout raises TimeoutError, and the caller cannot
+    # know which changes were applied.
+    def batch(changes, detail: false)
+      raise IOError, "client for #{@endpoint} is closed" if @closed
+
+      request, all_rids = Request.build_batch(changes, detail: detail)
+      reply = exchange(request, resend_on_timeout: all_rids)
+      raise failure(reply, request) unless reply["ok"] == true
+
+      parse_batch_result(reply, request)
+    end
+
     # Send one request given as a Hash (Symbol keys and values allowed) and
     # return a Result when the reply carries a balance, else the reply Hash.
     # Raises the Error subclass mapped from the reply's error code.
@@ -117,14 +140,16 @@ module ZmqBalance
     end
 
     # Send the request and return the matching reply, resending the same
-    # bytes after each timeout or discarded reply.
-    def exchange(request)
+    # bytes after each timeout or discarded reply. With resend_on_timeout
+    # false, the first timeout raises TimeoutError instead.
+    def exchange(request, resend_on_timeout: true)
       payload = MessagePack.pack(request)
       attempts = @retries + 1
       attempts.times do |attempt|
         send_frame(payload)
         reply = receive_reply(request)
         return reply if reply
+        raise not_resent(request) unless resend_on_timeout
 
         if attempt + 1 < attempts
           @logger&.warn do
@@ -167,6 +192,19 @@ module ZmqBalance
       return reply["ok"] != true if echoed.nil?
 
       echoed.is_a?(String) && echoed.b == sent.b
+    end
+
+    def not_resent(request)
+      TimeoutError.new("no reply from #{@endpoint} within #{@timeout} s; the request was not " \
+                       "resent because it may have been applied (give each change a rid to " \
+                       "make resending safe)", **error_context(request))
+    end
+
+    def parse_batch_result(reply, request)
+      BatchResult.from_reply(reply)
+    rescue ArgumentError, TypeError, KeyError, NoMethodError => e
+      raise ProtocolError.new("reply is not a valid batch reply: #{reply.inspect} (#{e.message})",
+                              **error_context(request))
     end
 
     def parse_result(reply, request)

@@ -60,6 +60,7 @@ module ZmqBalance
     "invalid_rid" => RequestError,
     "rid_conflict" => RequestError,
     "too_large" => RequestError,
+    "wrong_partition" => RequestError,
     "insufficient_funds" => InsufficientFunds,
     "limit_exceeded" => RefusedError,
     "busy" => ServerError,

@@ -41,6 +41,36 @@ module ZmqBalance
       request
     end
 
+    # Build a batch request from an Array of changes, each [op, account,
+    # amount] or [op, account, amount, rid]. Returns the request and whether
+    # every change carries a rid. The request gets a rid of its own, which
+    # the server echoes for matching the reply but does not remember.
+    def build_batch(changes, detail: false)
+      raise ArgumentError, "changes must be an Array, got #{changes.class}" unless changes.is_a?(Array)
+
+      all_rids = true
+      wire = changes.each_with_index.map do |change, index|
+        encoded = encode_change(change, index)
+        all_rids &&= encoded.length == 4
+        encoded
+      end
+      request = { "op" => "batch", "changes" => wire, "rid" => new_rid }
+      request["detail"] = true if detail
+      [request, all_rids]
+    end
+
+    def encode_change(change, index)
+      unless change.is_a?(Array) && [3, 4].include?(change.length)
+        raise ArgumentError, "change #{index} must be [op, account, amount] or " \
+                             "[op, account, amount, rid], got #{change.inspect}"
+      end
+
+      op, account, amount, rid = change
+      encoded = [stringify(op), encode_account(account), encode_amount(amount)]
+      encoded << encode_rid(rid) unless rid.nil?
+      encoded
+    end
+
     def new_rid
       SecureRandom.hex(RID_RANDOM_BYTES)
     end
