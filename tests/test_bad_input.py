@@ -448,3 +448,12 @@ def test_broker_failure_answers_internal_error(
     assert_error(reply, "internal_error", "see its log")
     assert engine.broker.stats.internal_errors - before == 1
     assert_serving(dealer)
+
+
+def test_duplicate_key_rejected(peer: Socket) -> None:
+    pairs = [("op", "plus_funds"), ("account", "dup"), ("amount", 1), ("amount", 1000)]
+    frame = b"\x84" + b"".join(msgpack.packb(key) + msgpack.packb(value) for key, value in pairs)
+    reply = ask(peer, frame)
+
+    assert_error(reply, "bad_request", "'amount' more than once")
+    assert_serving(peer)

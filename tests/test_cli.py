@@ -97,3 +97,30 @@ def test_serve_stops_on_signal(server_factory: ServerFactory, signum: signal.Sig
     assert f"zmqbalance started on {server.endpoint} with 3 workers, scale 4" in server.log
     assert f"received {signum.name}; stopping" in server.log
     assert server.log.rstrip().endswith("zmqbalance stopped")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [
+        ("--timeout", "0", "timeout must be"),
+        ("--timeout", "nan", "timeout must be"),
+        ("--timeout", "inf", "timeout must be"),
+        ("--retries", "-1", "retries must be"),
+        ("--connect", "nonsense", "cannot connect to 'nonsense'"),
+    ],
+)
+def test_cli_bad_client_option(option: str, value: str, fragment: str) -> None:
+    result = zmqbalance("balance", "x", option, value)
+
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_in_memory_with_data_dir_rejected(tmp_path: Path) -> None:
+    result = zmqbalance(
+        "serve", "--bind", "tcp://127.0.0.1:*", "--in-memory", "--data-dir", str(tmp_path)
+    )
+
+    assert result.returncode == 2
+    assert "--in-memory keeps no data" in result.stderr

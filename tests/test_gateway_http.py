@@ -309,3 +309,41 @@ def test_gateways_and_client_share_accounts(gateways: ServerProcess) -> None:
     }
     with LineConnection(gateway_address(gateways, "line")) as connection:
         assert connection.command("BALANCE mixed") == "38.000000 10"
+
+
+def test_http_head_sends_headers_only(
+    gateways: ServerProcess, http_address: tuple[str, int]
+) -> None:
+    connection = http.client.HTTPConnection(*http_address, timeout=REPLY_TIMEOUT)
+    try:
+        for _ in range(3):
+            connection.request("HEAD", "/account_balance?account_id=head")
+            response = connection.getresponse()
+            assert response.status == 405
+            assert response.read() == b""
+        connection.request("GET", "/account_balance?account_id=head")
+        still_open = connection.getresponse()
+        assert still_open.status == 200
+        still_open.read()
+    finally:
+        connection.close()
+
+    assert "Traceback" not in gateways.log
+
+
+def test_http_oversized_headers_431(http_address: tuple[str, int]) -> None:
+    connection = http.client.HTTPConnection(*http_address, timeout=REPLY_TIMEOUT)
+    try:
+        connection.request(
+            "GET",
+            "/balance?action=plus_funds&amount=1&account_id=big-header",
+            headers={"X-Padding": "x" * 17_000},
+        )
+        response = connection.getresponse()
+        body = json.loads(response.read())
+    finally:
+        connection.close()
+
+    assert response.status == 431
+    assert body["error"] == "too_large"
+    assert read_balance(http_address, "big-header")["count"] == 0

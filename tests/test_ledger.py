@@ -63,6 +63,8 @@ def test_negative_debit_past_limit_rejected() -> None:
     ledger.apply(SUB_FUNDS, "a", MAX_UNITS)
     outcome = ledger.apply(SUB_FUNDS, "a", 1)
     assert outcome.error == "limit_exceeded"
+    assert outcome.message is not None
+    assert "limit of -9223372036854.775807" in outcome.message
     assert ledger.read("a") == Outcome(True, "a", -MAX_UNITS, 1)
 
 

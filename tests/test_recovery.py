@@ -6,8 +6,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import msgpack
 import pytest
+import zmq
 
 from tests.crashkit import DurableServer, kill_started
 from zmqbalance import Client
@@ -160,3 +163,48 @@ def test_check_rejects_missing_directory(tmp_path: Path) -> None:
 
     assert result.returncode == 1
     assert "not a zmqbalance data directory" in result.stdout
+
+
+def test_second_server_on_same_directory_refused(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = DurableServer(data_dir, ("--workers", "2"))
+    first = server.start()
+
+    second = run_zmqbalance(
+        "serve", "--bind", "tcp://127.0.0.1:*", "--data-dir", str(data_dir), "--workers", "2"
+    )
+    check = run_zmqbalance("check", str(data_dir))
+
+    assert second.returncode == 2
+    assert f"in use by another process (pid {first.pid})" in second.stderr
+    assert check.returncode == 1
+    assert "in use by another process" in check.stdout
+
+
+def test_refused_change_replays_with_flag(tmp_path: Path) -> None:
+    server = DurableServer(tmp_path / "data", ("--workers", "1"))
+    server.start()
+    request = {"op": "sub_funds", "account": "poor", "amount": 5, "rid": "refused-1"}
+    first = raw_request(server.endpoint, request)
+    server.kill()
+    server.start()
+    again = raw_request(server.endpoint, request)
+
+    assert first["error"] == "insufficient_funds"
+    assert "replay" not in first
+    assert again["error"] == "insufficient_funds"
+    assert again["replay"] is True
+    assert again["message"] == first["message"]
+
+
+def raw_request(endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+    socket = zmq.Context.instance().socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.RCVTIMEO, 10_000)
+    try:
+        socket.connect(endpoint)
+        socket.send(msgpack.packb(request))
+        reply: dict[str, Any] = msgpack.unpackb(socket.recv())
+        return reply
+    finally:
+        socket.close(linger=0)

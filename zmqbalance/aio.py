@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
@@ -81,8 +82,8 @@ class AsyncClient:
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+        if not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout}")
         if retries < 0:
             raise ValueError(f"retries must be zero or more, got {retries}")
         self.endpoint = endpoint

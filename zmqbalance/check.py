@@ -1,14 +1,15 @@
 """``zmqbalance check DIR``: verify a data directory offline and print what it holds.
 
 The check reads every snapshot and journal segment the way recovery does, but changes nothing:
-a torn tail is reported, not cut. Run it only while no server is using the directory.
+a torn tail is reported, not cut. It takes the directory's lock, so it refuses to run while a
+server is using the directory.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from zmqbalance.datadir import read_meta, recover
+from zmqbalance.datadir import DirectoryLock, Meta, describe_snapshot, read_meta, recover
 from zmqbalance.errors import StorageError
 from zmqbalance.ledger import Ledger
 from zmqbalance.money import format_units
@@ -18,9 +19,17 @@ def check_data_directory(directory: Path) -> int:
     """Print a summary of ``directory``; return 0 if it is sound, 1 if it is damaged."""
     try:
         meta = read_meta(directory)
+        lock = DirectoryLock(directory)
     except StorageError as exc:
         print(f"error: {exc}")
         return 1
+    try:
+        return _check(directory, meta)
+    finally:
+        lock.release()
+
+
+def _check(directory: Path, meta: Meta) -> int:
     print(
         f"{directory}: format {meta.format}, scale {meta.scale}, {meta.workers} workers, "
         f"partition {meta.partition}"
@@ -43,7 +52,8 @@ def check_data_directory(directory: Path) -> int:
             continue
         worker_total = sum(state.balance for state in ledger.accounts.values())
         print(
-            f"worker {index}: snapshot seq {report.snapshot_seq}, {report.segments} segments, "
+            f"worker {index}: {describe_snapshot(report.snapshot_seq)}, "
+            f"{report.segments} segments, "
             f"{report.groups} groups, {report.changes} changes after the snapshot, "
             f"{len(ledger.accounts)} accounts, {len(ledger.rids)} rids, "
             f"total balance {format_units(worker_total, meta.scale)}"

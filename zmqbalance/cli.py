@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import zmq
+
 from zmqbalance.check import check_data_directory
 from zmqbalance.client import DEFAULT_ENDPOINT, DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
 from zmqbalance.datadir import DEFAULT_SNAPSHOT_BYTES
@@ -53,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--data-dir",
-        default=DEFAULT_DATA_DIR,
-        help="directory of the journal and snapshots (default: %(default)s)",
+        default=None,
+        help=f"directory of the journal and snapshots (default: {DEFAULT_DATA_DIR})",
     )
     serve.add_argument(
         "--in-memory",
@@ -157,6 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZmqBalanceError as exc:
         print(f"error: {exc.code}: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except zmq.ZMQError as exc:
+        print(f"error: cannot connect to {args.connect!r}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -171,7 +179,7 @@ def _serve(args: argparse.Namespace) -> int:
             allow_negative=args.allow_negative,
             queue_max=args.queue_max,
             max_frame_bytes=args.max_frame_bytes,
-            data_dir=None if args.in_memory else args.data_dir,
+            data_dir=_data_dir(args),
             fsync=args.fsync,
             snapshot_bytes=args.snapshot_bytes,
             segment_bytes=args.segment_bytes,
@@ -189,6 +197,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_dir(args: argparse.Namespace) -> str | None:
+    if args.in_memory and args.data_dir is not None:
+        raise ValueError("--in-memory keeps no data; leave out --data-dir or --in-memory")
+    if args.in_memory:
+        return None
+    return args.data_dir or DEFAULT_DATA_DIR
+
+
 def _run_client_command(args: argparse.Namespace) -> int:
     with Client(args.connect, timeout=args.timeout, retries=args.retries) as client:
         if args.command == "ping":
@@ -196,8 +212,13 @@ def _run_client_command(args: argparse.Namespace) -> int:
             print(f"pong: {info.workers} workers, scale {info.scale}, partition {info.partition}")
         elif args.command == "balance":
             print(client.balance(args.account))
-        elif args.command == "plus-funds":
-            print(client.plus_funds(args.account, args.amount, rid=args.rid))
         else:
-            print(client.sub_funds(args.account, args.amount, rid=args.rid))
+            change = client.plus_funds if args.command == "plus-funds" else client.sub_funds
+            result = change(args.account, args.amount, rid=args.rid)
+            print(result)
+            if result.replay:
+                print(
+                    f"note: rid {args.rid} was already applied; nothing changed this time",
+                    file=sys.stderr,
+                )
     return 0

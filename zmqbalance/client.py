@@ -12,6 +12,7 @@ is thrown away.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -73,8 +74,8 @@ class Client:
         retries: int = DEFAULT_RETRIES,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+        if not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout}")
         if retries < 0:
             raise ValueError(f"retries must be zero or more, got {retries}")
         self.endpoint = endpoint

@@ -252,6 +252,8 @@ def read_segment(path: Path, *, last: bool) -> Iterator[GroupRead | TornTail]:
     :class:`TornTail` for the caller to cut. A bad record anywhere else raises JournalCorrupt.
     """
     data = path.read_bytes()
+    if not data and last:
+        return  # created but not written yet; the journal writes the magic when it opens it
     if not data.startswith(SEGMENT_MAGIC):
         if last and SEGMENT_MAGIC.startswith(data):
             yield TornTail(path, 0, len(data))

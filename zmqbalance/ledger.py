@@ -145,11 +145,12 @@ class Ledger:
                 f"than the debit of {format_units(units, self.scale)}",
             )
         if not -MAX_UNITS <= new_balance <= MAX_UNITS:
+            limit = MAX_UNITS if new_balance > 0 else -MAX_UNITS
             return self._refusal(
                 account,
                 "limit_exceeded",
                 f"change of {format_units(units, self.scale)} would take account {account!r} "
-                f"past the limit of {format_units(MAX_UNITS, self.scale)}",
+                f"past the limit of {format_units(limit, self.scale)}",
             )
 
         if state is None:

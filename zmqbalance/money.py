@@ -29,7 +29,7 @@ _DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?")
 def check_scale(scale: int) -> int:
     """Return ``scale`` if it is a supported number of digits after the point."""
     if not 0 <= scale <= MAX_SCALE:
-        raise ValueError(f"scale must be between 0 and {MAX_SCALE}, got {scale}")
+        raise ValueError(f"--scale must be between 0 and {MAX_SCALE}, got {scale}")
     return scale
 
 

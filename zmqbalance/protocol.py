@@ -93,6 +93,7 @@ def unpack_frame(frame: bytes) -> Any:
             raw=False,
             strict_map_key=False,
             ext_hook=_reject_ext,
+            object_pairs_hook=_unique_keys,
             max_str_len=size,
             max_bin_len=size,
             max_array_len=size,
@@ -133,6 +134,18 @@ def unpack_frame(frame: bytes) -> Any:
 def _head(frame: bytes) -> str:
     """Return the first bytes of a frame in hex, for error messages."""
     return frame[:16].hex(" ") or "empty"
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Build a map, rejecting a key that appears twice instead of keeping the last value."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[Any] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BadRequest(f"request map has the key {key!r:.40} more than once")
+            seen.add(key)
+    return result
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -268,7 +281,8 @@ def _read_seconds(key: str, value: object, maximum: float) -> float:
 def encode_outcome(outcome: Outcome, scale: int, rid: Rid | None) -> bytes:
     """Encode an outcome as a success or failure reply."""
     if not outcome.ok:
-        return encode_error(outcome.error or "internal_error", outcome.message or "", rid)
+        code, message = outcome.error or "internal_error", outcome.message or ""
+        return encode_error(code, message, rid, replay=outcome.replay)
     reply: dict[str, Any] = {
         "ok": True,
         "account": outcome.account,
@@ -282,10 +296,12 @@ def encode_outcome(outcome: Outcome, scale: int, rid: Rid | None) -> bytes:
     return pack(reply)
 
 
-def encode_error(code: str, message: str, rid: Rid | None = None) -> bytes:
+def encode_error(code: str, message: str, rid: Rid | None = None, *, replay: bool = False) -> bytes:
     reply: dict[str, Any] = {"ok": False, "error": code, "message": message}
     if rid is not None:
         reply["rid"] = rid
+    if replay:
+        reply["replay"] = True
     return pack(reply)
 
 

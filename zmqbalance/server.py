@@ -22,8 +22,10 @@ import zmq
 from zmqbalance.broker import Broker
 from zmqbalance.datadir import (
     DEFAULT_SNAPSHOT_BYTES,
+    DirectoryLock,
     MemoryStore,
     WorkerStore,
+    describe_snapshot,
     open_meta,
     recover,
     worker_directory,
@@ -72,14 +74,14 @@ class Config:
         check_gateway_address(self.line_bind)
         check_gateway_address(self.http_bind)
         if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers}")
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
         if self.fsync not in FSYNC_MODES:
-            raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}, got {self.fsync!r}")
+            raise ValueError(f"--fsync must be one of {', '.join(FSYNC_MODES)}, got {self.fsync!r}")
         if self.queue_max < 1:
-            raise ValueError(f"queue_max must be at least 1, got {self.queue_max}")
+            raise ValueError(f"--queue-max must be at least 1, got {self.queue_max}")
         if self.max_frame_bytes < MIN_FRAME_BYTES:
             raise ValueError(
-                f"max_frame_bytes must be at least {MIN_FRAME_BYTES}, got {self.max_frame_bytes}"
+                f"--max-frame-bytes must be at least {MIN_FRAME_BYTES}, got {self.max_frame_bytes}"
             )
 
 
@@ -93,6 +95,7 @@ class Server:
         self.broker: Broker | None = None
         self.gateways: list[Gateway] = []
         self._stopped = False
+        self._lock: DirectoryLock | None = None
         self._prefix = f"inproc://zmqbalance-{os.getpid()}-{next(_server_ids)}"
 
     def __repr__(self) -> str:
@@ -107,6 +110,7 @@ class Server:
         """Start every thread; raise OSError if the front end cannot bind."""
         config = self.config
         if config.data_dir is not None:
+            self._lock = DirectoryLock(Path(config.data_dir))
             open_meta(Path(config.data_dir), config.scale, config.workers)
         for index in range(config.workers):
             ledger = Ledger(
@@ -171,11 +175,10 @@ class Server:
         started = time.monotonic()
         report = recover(directory, index, ledger, repair=True)
         log.info(
-            "worker %d recovered %d accounts from snapshot seq %d and %d changes in %d "
-            "segments in %.3f s",
+            "worker %d recovered %d accounts from %s and %d changes in %d segments in %.3f s",
             index,
             len(ledger.accounts),
-            report.snapshot_seq,
+            describe_snapshot(report.snapshot_seq),
             report.changes,
             report.segments,
             time.monotonic() - started,
@@ -205,6 +208,8 @@ class Server:
         self.context.term()
         for worker in self.workers:
             worker.join(STOP_TIMEOUT)
+        if self._lock is not None:
+            self._lock.release()  # after the workers closed their journals
         log.info("zmqbalance stopped")
 
     def serve_forever(self) -> None:

@@ -178,7 +178,7 @@ class HttpGateway(Gateway):
 
             async with self.busy():
                 response = await self._handle(connection, reader, event)
-                await self._send(connection, writer, response)
+                await self._send(connection, writer, response, head=event.method == b"HEAD")
             if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
                 return
             connection.start_next_cycle()
@@ -197,6 +197,14 @@ class HttpGateway(Gateway):
         except asyncio.TimeoutError:
             return error_response(
                 408, "timed_out", f"request body not received within {KEEP_ALIVE_TIMEOUT} s"
+            )
+
+        header_bytes = len(request.target) + sum(
+            len(name) + len(value) + 4 for name, value in request.headers
+        )
+        if header_bytes > MAX_HEADER_BYTES:
+            return error_response(
+                431, "too_large", f"request line and headers are over {MAX_HEADER_BYTES} bytes"
             )
 
         target = request.target.decode("ascii", "replace")
@@ -233,8 +241,14 @@ class HttpGateway(Gateway):
                 return
 
     async def _send(
-        self, connection: h11.Connection, writer: asyncio.StreamWriter, response: Response
+        self,
+        connection: h11.Connection,
+        writer: asyncio.StreamWriter,
+        response: Response,
+        *,
+        head: bool = False,
     ) -> None:
+        """Send ``response``; to a HEAD request only its headers, as HTTP requires."""
         headers = [
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
@@ -242,11 +256,11 @@ class HttpGateway(Gateway):
         ]
         if self.stopping or connection.their_state is not h11.DONE:
             headers.append(("Connection", "close"))
-        for event in (
-            h11.Response(status_code=response.status, headers=headers),
-            h11.Data(data=response.body),
-            h11.EndOfMessage(),
-        ):
+        events: list[Any] = [h11.Response(status_code=response.status, headers=headers)]
+        if not head:
+            events.append(h11.Data(data=response.body))
+        events.append(h11.EndOfMessage())
+        for event in events:
             data = connection.send(event)
             if data:
                 writer.write(data)
