@@ -347,3 +347,14 @@ def test_http_oversized_headers_431(http_address: tuple[str, int]) -> None:
     assert response.status == 431
     assert body["error"] == "too_large"
     assert read_balance(http_address, "big-header")["count"] == 0
+
+
+def test_http_invalid_percent_escape_400(
+    gateways: ServerProcess, http_address: tuple[str, int]
+) -> None:
+    status, _, body = get(http_address, "/balance?action=plus_funds&amount=1&account_id=%zz")
+
+    assert status == 400
+    assert "invalid escape '%zz'" in json.loads(body)["message"]
+    with Client(gateways.endpoint) as client:
+        assert client.balance("%zz").count == 0

@@ -44,6 +44,7 @@ from zmqbalance.gateways.base import READ_CHUNK_BYTES, Gateway
 
 log = logging.getLogger(__name__)
 
+_BAD_PERCENT_ESCAPE = re.compile("%(?![0-9A-Fa-f]{2}).{0,2}")
 MAX_HEADER_BYTES = 16 * 1024  # request line plus headers
 MAX_BODY_BYTES = 64 * 1024  # the API takes no body; a small one is read and ignored
 MAX_QUERY_FIELDS = 32
@@ -103,6 +104,11 @@ def plan(method: str, target: str) -> EngineCall | Response:
             405, "method_not_allowed", f"{path} takes GET, not {method[:20]}", Allow="GET"
         )
 
+    bad_escape = _BAD_PERCENT_ESCAPE.search(url.query)
+    if bad_escape:
+        return error_response(
+            400, "bad_request", f"the query string has an invalid escape {bad_escape.group()!r}"
+        )
     try:
         fields = parse_qsl(
             url.query, keep_blank_values=True, errors="strict", max_num_fields=MAX_QUERY_FIELDS
