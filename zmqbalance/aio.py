@@ -37,10 +37,8 @@ from zmqbalance.client import (
     DEFAULT_ENDPOINT,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
-    RETRY_BACKOFF,
-    RETRYABLE_ERRORS,
 )
-from zmqbalance.errors import ClientError, InvalidRid, TimedOut, format_rid
+from zmqbalance.errors import ClientError, InvalidRid, format_rid
 from zmqbalance.ledger import BALANCE, PLUS_FUNDS, SUB_FUNDS, Rid
 from zmqbalance.protocol import BATCH, MAX_RID_BYTES, PING, pack
 from zmqbalance.replies import (
@@ -55,10 +53,10 @@ from zmqbalance.replies import (
     decode_reply,
     encode_amount,
     encode_changes,
-    exception_from,
     new_rid,
     server_info_from,
 )
+from zmqbalance.retry import Attempts
 
 log = logging.getLogger(__name__)
 
@@ -200,41 +198,25 @@ class AsyncClient:
         """Send ``frame`` and wait for its reply; resend on timeout, busy and unavailable."""
         if rid in self._pending:
             raise ValueError(f"rid {format_rid(rid)} is already in flight on this client")
-        backoff = RETRY_BACKOFF
-        for attempt in range(self.retries + 1):
+        attempts = Attempts(
+            self.endpoint,
+            self.timeout,
+            self.retries,
+            message,
+            rid,
+            resend_on_timeout=resend_on_timeout,
+        )
+        for attempt in attempts:
             reply = await self._attempt(frame, rid)
             if reply is None:
-                log.warning(
-                    "no reply from %s within %s s for rid %s (attempt %d of %d)",
-                    self.endpoint,
-                    self.timeout,
-                    format_rid(rid),
-                    attempt + 1,
-                    self.retries + 1,
-                )
-                if not resend_on_timeout:
-                    raise TimedOut(
-                        f"no reply from {self.endpoint} within {self.timeout} s; the request was"
-                        " not resent because it may have been applied",
-                        op=message.get("op"),
-                        rid=rid,
-                    )
+                attempts.timed_out(attempt)
                 self.resends += 1
                 continue
-            if reply.get("ok") is True:
+            delay = attempts.delay_before_resend(reply, attempt)
+            if delay is None:
                 return reply
-            if reply.get("error") in RETRYABLE_ERRORS and attempt < self.retries:
-                log.info("server answered %s for rid %s; retrying", reply["error"], format_rid(rid))
-                await asyncio.sleep(backoff)
-                backoff *= 2
-                continue
-            raise exception_from(reply, message, rid)
-        raise TimedOut(
-            f"no reply from {self.endpoint} after {self.retries + 1} attempts of {self.timeout} s",
-            op=message.get("op"),
-            account=None if message.get("account") is None else str(message["account"]),
-            rid=rid,
-        )
+            await asyncio.sleep(delay)
+        raise attempts.exhausted()
 
     async def _attempt(self, frame: bytes, rid: Rid) -> Reply | None:
         """Send ``frame`` once and wait for the reply carrying ``rid``; None on timeout."""

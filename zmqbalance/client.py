@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from zmqbalance.errors import TimedOut, WrongPartition, format_rid
+from zmqbalance.errors import WrongPartition, format_rid
 from zmqbalance.ledger import BALANCE, PLUS_FUNDS, SUB_FUNDS, Rid
 from zmqbalance.protocol import BATCH, PING, pack
 from zmqbalance.replies import (
@@ -34,20 +34,18 @@ from zmqbalance.replies import (
     decode_reply,
     encode_amount,
     encode_changes,
-    exception_from,
     group_by_owner,
     merge_batch_results,
     new_rid,
     server_info_from,
 )
+from zmqbalance.retry import Attempts
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7070"
 DEFAULT_TIMEOUT = 2.5  # seconds per attempt
 DEFAULT_RETRIES = 3  # attempts after the first one
-RETRYABLE_ERRORS = frozenset({"busy", "unavailable"})
-RETRY_BACKOFF = 0.05  # seconds before resending after busy or unavailable, doubled each time
 
 
 class Client:
@@ -184,40 +182,24 @@ class Client:
         if rid is None:
             rid = new_rid()
         frame = pack({**message, "rid": rid})
-        backoff = RETRY_BACKOFF
-        for attempt in range(self.retries + 1):
+        attempts = Attempts(
+            self.endpoint,
+            self.timeout,
+            self.retries,
+            message,
+            rid,
+            resend_on_timeout=resend_on_timeout,
+        )
+        for attempt in attempts:
             reply = self._attempt(frame, rid)
             if reply is None:
-                log.warning(
-                    "no reply from %s within %s s for rid %s (attempt %d of %d)",
-                    self.endpoint,
-                    self.timeout,
-                    format_rid(rid),
-                    attempt + 1,
-                    self.retries + 1,
-                )
-                if not resend_on_timeout:
-                    raise TimedOut(
-                        f"no reply from {self.endpoint} within {self.timeout} s; the request was"
-                        " not resent because it may have been applied",
-                        op=message.get("op"),
-                        rid=rid,
-                    )
+                attempts.timed_out(attempt)
                 continue
-            if reply.get("ok") is True:
+            delay = attempts.delay_before_resend(reply, attempt)
+            if delay is None:
                 return reply
-            if reply.get("error") in RETRYABLE_ERRORS and attempt < self.retries:
-                log.info("server answered %s for rid %s; retrying", reply["error"], format_rid(rid))
-                time.sleep(backoff)
-                backoff *= 2
-                continue
-            raise exception_from(reply, message, rid)
-        raise TimedOut(
-            f"no reply from {self.endpoint} after {self.retries + 1} attempts of {self.timeout} s",
-            op=message.get("op"),
-            account=None if message.get("account") is None else str(message["account"]),
-            rid=rid,
-        )
+            time.sleep(delay)
+        raise attempts.exhausted()
 
     def _attempt(self, frame: bytes, rid: Rid) -> dict[str, Any] | None:
         """Send ``frame`` once and wait for the reply carrying ``rid``; None on timeout."""

@@ -23,9 +23,10 @@ import msgpack
 import zmq
 import zmq.asyncio
 
-from zmqbalance.client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, RETRY_BACKOFF, RETRYABLE_ERRORS
+from zmqbalance.client import DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from zmqbalance.protocol import pack
 from zmqbalance.ratelimit import RateLimitedLog
+from zmqbalance.retry import RETRY_BACKOFF, RETRYABLE_ERRORS
 
 log = logging.getLogger(__name__)
 
