@@ -11,24 +11,15 @@ import zmq
 
 from tests.crashkit import DurableServer, kill_started
 from tests.serverproc import ServerProcess
+from tests.wire import request
 from zmqbalance import Client
 from zmqbalance.protocol import MAX_BATCH_CHANGES
 
 TIMEOUT_MS = 10_000
 
 
-def call(endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
-    context = zmq.Context.instance()
-    socket = context.socket(zmq.REQ)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)
-    try:
-        socket.connect(endpoint)
-        socket.send(msgpack.packb(request))
-        reply: dict[str, Any] = msgpack.unpackb(socket.recv())
-        return reply
-    finally:
-        socket.close(linger=0)
+def call(endpoint: str, message: dict[str, Any]) -> dict[str, Any]:
+    return request(zmq.Context.instance(), endpoint, message)
 
 
 def balance(endpoint: str, account: str) -> tuple[str, int]:
@@ -118,16 +109,16 @@ def test_batch_at_limit_applied(server: ServerProcess) -> None:
 
 
 def test_batch_bad_fields_rejected(server: ServerProcess) -> None:
-    for request, code in [
+    for message, code in [
         ({"op": "batch"}, "bad_request"),
         ({"op": "batch", "changes": {"a": 1}}, "bad_request"),
         ({"op": "batch", "changes": [], "detail": "yes"}, "bad_request"),
         ({"op": "batch", "changes": [], "partition": 99}, "bad_request"),
         ({"op": "batch", "changes": [], "partition": True}, "bad_request"),
     ]:
-        reply = call(server.endpoint, request)
-        assert reply["ok"] is False, request
-        assert reply["error"] == code, request
+        reply = call(server.endpoint, message)
+        assert reply["ok"] is False, message
+        assert reply["error"] == code, message
 
 
 def test_batch_empty_answers_zero(server: ServerProcess) -> None:

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 import zmq
 
 from tests.crashkit import DurableServer, kill_started
+from tests.wire import request
 from zmqbalance import Client
 from zmqbalance.journal import list_segments
 
@@ -197,14 +197,5 @@ def test_refused_change_replays_with_flag(tmp_path: Path) -> None:
     assert again["message"] == first["message"]
 
 
-def raw_request(endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
-    socket = zmq.Context.instance().socket(zmq.REQ)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.RCVTIMEO, 10_000)
-    try:
-        socket.connect(endpoint)
-        socket.send(msgpack.packb(request))
-        reply: dict[str, Any] = msgpack.unpackb(socket.recv())
-        return reply
-    finally:
-        socket.close(linger=0)
+def raw_request(endpoint: str, message: dict[str, Any]) -> dict[str, Any]:
+    return request(zmq.Context.instance(), endpoint, message)
