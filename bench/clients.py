@@ -37,6 +37,7 @@ LOCK_RETRY_S = 0.001
 REDIS_SOCKET_TIMEOUT_S = 10.0
 REDIS_PIPELINE = 1_000  # INCRBY commands per redis-py pipeline
 PIPELINE_WINDOW = 1_000  # requests in flight for the `pipeline` send mode
+PIPELINED_BATCH = 5_000  # changes per batch request in the `pipelined-batches` send mode
 
 
 class RequestFailed(RuntimeError):
@@ -81,6 +82,7 @@ class ZmqDriver:
         self.client: Any = None  # zmqbalance.Client for batches, made on first use
         self.loop: asyncio.AbstractEventLoop | None = None
         self.async_client: Any = None  # zmqbalance.AsyncClient for pipelining
+        self.workers: int | None = None  # the server's worker count, from ping
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         self.socket.send(msgpack.packb(message))
@@ -105,6 +107,9 @@ class ZmqDriver:
         if send == "pipeline":
             self._pipeline(wire)
             return
+        if send == "pipelined-batches":
+            self._pipelined_batches(wire)
+            return
         if self.client is None:
             from zmqbalance import Client
 
@@ -120,7 +125,7 @@ class ZmqDriver:
                 f"{len(result.failed)} changes of a batch failed: {result.failed[0]}"
             )
 
-    def _pipeline(self, wire: list[tuple[str, str, int]]) -> None:
+    def _async_client(self) -> Any:
         if self.loop is None:
             from zmqbalance import AsyncClient
 
@@ -128,7 +133,32 @@ class ZmqDriver:
             self.async_client = AsyncClient(
                 self.endpoint, window=PIPELINE_WINDOW, timeout=REPLY_TIMEOUT_MS / 1000
             )
-        client = self.async_client
+        return self.async_client
+
+    def _pipelined_batches(self, wire: list[tuple[str, str, int]]) -> None:
+        """Send partitioned batches of up to PIPELINED_BATCH changes, all in flight at once."""
+        from zmqbalance.replies import group_by_owner
+
+        client = self._async_client()
+
+        async def send_all() -> list[Any]:
+            if self.workers is None:
+                self.workers = (await client.ping()).workers
+            calls = []
+            for owner, indexes in group_by_owner(wire, self.workers).items():
+                for start in range(0, len(indexes), PIPELINED_BATCH):
+                    part = [wire[i] for i in indexes[start : start + PIPELINED_BATCH]]
+                    calls.append(client.batch(part, partition=owner))
+            return list(await asyncio.gather(*calls))
+
+        assert self.loop is not None
+        for result in self.loop.run_until_complete(send_all()):
+            if result.failed:
+                raise RequestFailed(f"{len(result.failed)} changes failed: {result.failed[0]}")
+
+    def _pipeline(self, wire: list[tuple[str, str, int]]) -> None:
+        client = self._async_client()
+        assert self.loop is not None
 
         async def send_all() -> None:
             await asyncio.gather(

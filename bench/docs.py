@@ -18,6 +18,8 @@ from bench.tables import render_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS_PATH = ROOT / "docs" / "benchmarks.md"
+# Hand-written findings (targets, profiles, what was tried), appended to the generated page.
+ANALYSIS_PATH = ROOT / "bench" / "analysis.md"
 
 INTRO = """\
 # Benchmarks
@@ -95,7 +97,8 @@ def machine_section(result: dict[str, Any]) -> str:
     ] + load_lines + [f"- note: {note}" for note in result.get("notes", [])])  # fmt: skip
 
 
-def render_docs(result: dict[str, Any]) -> str:
+def render_docs(result: dict[str, Any], analysis_path: Path = ANALYSIS_PATH) -> str:
+    analysis = [analysis_path.read_text()] if analysis_path.exists() else []
     return "\n".join([
         INTRO,
         machine_section(result),
@@ -103,6 +106,7 @@ def render_docs(result: dict[str, Any]) -> str:
         "## Results",
         "",
         render_tables(result, markdown=True),
+        *analysis,
     ])  # fmt: skip
 
 

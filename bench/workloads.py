@@ -25,6 +25,7 @@ THROUGHPUT_SYSTEMS = frozenset({"zmq-mem", "zmq-durable", "redis", "redis-aof"})
 THROUGHPUT_ACCOUNTS = 10_000
 BATCH_CHANGES = 1_000  # changes per batch request, and commands per Redis pipeline
 PIPELINE_CHUNK = 10_000  # changes handed to the pipelining client per call
+PIPELINED_CHUNK = 40_000  # changes split into pipelined partitioned batches per call
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,19 @@ WORKLOADS: dict[str, Workload] = {
             "throughput",
             full=_credits_plan(1_000_000, "partitioned", BATCH_CHANGES),
             quick=_credits_plan(20_000, "partitioned", BATCH_CHANGES),
+            clients=1,
+            quick_clients=1,
+            only_systems=THROUGHPUT_SYSTEMS,
+            skip_reason=NO_BATCHES,
+            baseline="redis",
+        ),
+        Workload(
+            "batch-pipelined",
+            "one AsyncClient, partitioned batches of up to 5,000, all of a 40,000-change chunk"
+            " in flight at once (Redis: pipelines of 1,000 INCRBY)",
+            "throughput",
+            full=_credits_plan(1_000_000, "pipelined-batches", PIPELINED_CHUNK),
+            quick=_credits_plan(20_000, "pipelined-batches", PIPELINED_CHUNK),
             clients=1,
             quick_clients=1,
             only_systems=THROUGHPUT_SYSTEMS,

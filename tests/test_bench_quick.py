@@ -28,6 +28,7 @@ WORKLOAD_NAMES = (
     "fanout",
     "batch",
     "batch-partitioned",
+    "batch-pipelined",
     "pipeline",
 )
 RUN_KEYS = {"wall_s", "changes", "planned_changes", "server_cpu_s", "errors", "check"}

@@ -83,7 +83,7 @@ def test_cpu_seconds_of_own_process():
 
 
 def test_throughput_plans_send_credits_only():
-    for name in ("batch", "batch-partitioned", "pipeline"):
+    for name in ("batch", "batch-partitioned", "batch-pipelined", "pipeline"):
         plan = WORKLOADS[name].plan(quick=True)
         changes = list(plan.client_changes(0))
         assert len(changes) == plan.total_changes(), name

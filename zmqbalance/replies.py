@@ -112,26 +112,29 @@ def encode_amount(amount: Amount) -> int | str | float:
     raise InvalidAmount(f"amount must be int, str, Decimal or float, got {type(amount).__name__}")
 
 
-def encode_changes(changes: Iterable[Sequence[Any]]) -> tuple[list[list[Any]], bool]:
+def encode_changes(changes: Iterable[Sequence[Any]]) -> tuple[list[Sequence[Any]], bool]:
     """Return the wire form of batch changes and whether every change carries a rid.
 
     Raises ValueError for a change that is not a 3- or 4-tuple and InvalidAmount for an amount
     of the wrong type. Ops, accounts and rids are checked by the server, change by change.
     """
-    encoded: list[list[Any]] = []
+    encoded: list[Sequence[Any]] = []
     all_have_rids = True
     for index, change in enumerate(changes):
-        if len(change) not in (3, 4):
+        size = len(change)
+        if size == 3 or (size == 4 and change[3] is None):
+            all_have_rids = False
+            if type(change[2]) is int and size == 3:
+                encoded.append(change)  # msgpack sends a tuple as an array, unchanged
+            else:
+                encoded.append((change[0], change[1], encode_amount(change[2])))
+        elif size == 4:
+            encoded.append((change[0], change[1], encode_amount(change[2]), change[3]))
+        else:
             raise ValueError(
                 f"change {index} must be (op, account, amount) or (op, account, amount, rid),"
                 f" got {change!r:.80}"
             )
-        op, account, amount = change[0], change[1], encode_amount(change[2])
-        if len(change) == 4 and change[3] is not None:
-            encoded.append([op, account, amount, change[3]])
-        else:
-            encoded.append([op, account, amount])
-            all_have_rids = False
     return encoded, all_have_rids
 
 
@@ -149,8 +152,14 @@ def group_by_owner(changes: Sequence[Sequence[Any]], workers: int) -> dict[int, 
     """
     groups: dict[int, list[int]] = {}
     for index, change in enumerate(changes):
-        owner = owner_of(account_text(change[1]), workers) if len(change) >= 2 else 0
-        groups.setdefault(owner, []).append(index)
+        account = change[1] if len(change) >= 2 else ""
+        if type(account) is not str:
+            account = account_text(account)
+        owner = owner_of(account, workers)
+        group = groups.get(owner)
+        if group is None:
+            group = groups[owner] = []
+        group.append(index)
     return groups
 
 
