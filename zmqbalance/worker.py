@@ -23,12 +23,13 @@ import msgpack
 import zmq
 
 from zmqbalance.batch import Part, PartResult, parse_change
-from zmqbalance.errors import RequestError, WrongPartition
+from zmqbalance.errors import RequestError, WrongPartition, format_rid
 from zmqbalance.journal import Record
 from zmqbalance.ledger import BALANCE, CHANGE_OPS, Ledger, Outcome, Rid, needs_record
 from zmqbalance.money import format_units
 from zmqbalance.partition import owner_of
 from zmqbalance.protocol import DEBUG_SLEEP, encode_error, encode_outcome, pack
+from zmqbalance.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class Worker(threading.Thread):
         self.durable = store.durable
         self.queue_max = queue_max
         self.started = threading.Event()
+        self._refusals = RateLimitedLog(log)  # refused changes, at most one line per code a while
         self.groups = 0
         self.commands = 0
 
@@ -203,6 +205,18 @@ class Worker(threading.Thread):
 
         if op in CHANGE_OPS and needs_record(outcome, rid):
             records.append((op, account, units, rid, outcome.error, outcome.message))
+        if not outcome.ok:
+            self._refusals.log(
+                logging.INFO,
+                outcome.error or "",
+                "worker %d answered %s to %s on account %r rid %s: %s",
+                self.index,
+                outcome.error,
+                op,
+                account,
+                format_rid(rid),
+                outcome.message,
+            )
         return encode_outcome(outcome, self.ledger.scale, rid)
 
     def _apply_part(self, part: Part, records: list[Record]) -> list[Any]:
