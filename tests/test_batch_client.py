@@ -160,3 +160,16 @@ def test_async_batch_without_rids_not_resent() -> None:
     with StandInRouter() as router:
         run(scenario(router.endpoint))
         assert len(router.requests) == 1
+
+
+def test_batch_by_partition_splits_over_limit(server: ServerProcess) -> None:
+    changes = [("plus_funds", "split-a", 1)] * 10_001 + [("plus_funds", "split-b", 2)]
+    with Client(server.endpoint) as client:
+        result = client.batch_by_partition(changes)
+        first = client.balance("split-a")
+        second = client.balance("split-b")
+
+    assert result.applied == 10_002
+    assert result.failed == []
+    assert (first.balance_text, first.count) == ("10001.000000", 10_001)
+    assert (second.balance_text, second.count) == ("2.000000", 1)

@@ -21,8 +21,10 @@ from zmqbalance.errors import (
     RidConflict,
     ServerError,
     TimedOut,
+    TooLarge,
     Unavailable,
     UnknownOp,
+    WrongPartition,
     ZmqBalanceError,
 )
 from zmqbalance.replies import Balance, BatchResult, ChangeResult, ServerInfo
@@ -50,7 +52,9 @@ __all__ = [
     "ServerError",
     "ServerInfo",
     "TimedOut",
+    "TooLarge",
     "Unavailable",
     "UnknownOp",
+    "WrongPartition",
     "ZmqBalanceError",
 ]

@@ -41,6 +41,7 @@ from zmqbalance.client import (
 from zmqbalance.errors import ClientError, InvalidRid, format_rid
 from zmqbalance.ledger import BALANCE, PLUS_FUNDS, SUB_FUNDS, Rid
 from zmqbalance.protocol import BATCH, MAX_RID_BYTES, PING, pack
+from zmqbalance.ratelimit import RateLimitedLog
 from zmqbalance.replies import (
     Account,
     Amount,
@@ -93,6 +94,9 @@ class AsyncClient:
         self.max_in_flight = 0  # the most calls that held a slot at once
         self.late_replies = 0
         self.resends = 0  # frames sent again after a timeout
+        # With a window of requests in flight, one restart times out all of them: log one
+        # line per interval with a count instead of one line per request.
+        self._timeouts = RateLimitedLog(log)
         self._slots = Window(window)
         self._pending: dict[Rid, asyncio.Future[Reply]] = {}
         self._socket: zmq.Socket[bytes] | None = None
@@ -205,6 +209,7 @@ class AsyncClient:
             message,
             rid,
             resend_on_timeout=resend_on_timeout,
+            warn=self._log_timeout,
         )
         for attempt in attempts:
             reply = await self._attempt(frame, rid)
@@ -217,6 +222,9 @@ class AsyncClient:
                 return reply
             await asyncio.sleep(delay)
         raise attempts.exhausted()
+
+    def _log_timeout(self, message: str, *args: object) -> None:
+        self._timeouts.warning("timeout", message, *args)
 
     async def _attempt(self, frame: bytes, rid: Rid) -> Reply | None:
         """Send ``frame`` once and wait for the reply carrying ``rid``; None on timeout."""

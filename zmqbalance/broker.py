@@ -59,6 +59,10 @@ from zmqbalance.worker import STOP, STOPPED, Command, has_message
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_MS = 100  # how often the loop checks for a stop request
+# Replies ZeroMQ queues for one client before a reply to it counts as undeliverable. Above the
+# AsyncClient's default window of 1,000 requests in flight, so a pipelining client that reads
+# its replies never loses one; a client that reads nothing costs at most this many.
+REPLIES_QUEUED_PER_CLIENT = 10_000
 FORWARD_BATCH = 256  # messages taken from one socket before the others get a turn
 MAX_ENVELOPE_FRAMES = 16  # routing frames before the delimiter; each proxy hop adds one
 MAX_ROUTING_ID_BYTES = 255  # ZeroMQ's own limit on a routing id
@@ -145,6 +149,7 @@ class Broker(threading.Thread):
     def _set_up(self, router: zmq.Socket[bytes], workers: list[zmq.Socket[bytes]]) -> None:
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.SNDHWM, REPLIES_QUEUED_PER_CLIENT)
         router.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
         for socket, endpoint in zip(workers, self.worker_endpoints, strict=True):
             socket.setsockopt(zmq.LINGER, 0)

@@ -22,7 +22,7 @@ import zmq
 
 from zmqbalance.errors import WrongPartition, format_rid
 from zmqbalance.ledger import BALANCE, PLUS_FUNDS, SUB_FUNDS, Rid
-from zmqbalance.protocol import BATCH, PING, pack
+from zmqbalance.protocol import BATCH, MAX_BATCH_CHANGES, PING, pack
 from zmqbalance.replies import (
     Amount,
     Balance,
@@ -148,16 +148,21 @@ class Client:
 
         The server's worker count comes from one ``ping``, cached until a change fails with
         ``wrong_partition`` (the server was restarted with another count). Indexes in the
-        result refer to ``changes`` as passed. Changes of one account keep their order. Each
-        per-worker batch is one request, so the server's limit of changes applies to each.
+        result refer to ``changes`` as passed. Changes of one account keep their order. A
+        worker's share over the server's limit of changes goes as several requests.
+
+        The requests go one after another. If one raises (TimedOut, say), the requests before
+        it were applied; give every change a rid, so that calling again with the same changes
+        applies each of them once.
         """
         if self._workers is None:
             self._workers = self.ping().workers
-        groups = group_by_owner(changes, self._workers)
-        parts = [
-            (indexes, self.batch([changes[i] for i in indexes], detail=detail, partition=owner))
-            for owner, indexes in groups.items()
-        ]
+        parts = []
+        for owner, indexes in group_by_owner(changes, self._workers).items():
+            for start in range(0, len(indexes), MAX_BATCH_CHANGES):
+                chunk = indexes[start : start + MAX_BATCH_CHANGES]
+                part = [changes[i] for i in chunk]
+                parts.append((chunk, self.batch(part, detail=detail, partition=owner)))
         merged = merge_batch_results(parts, len(changes), detail)
         if any(code == WrongPartition.code for _, code, _ in merged.failed):
             self._workers = None

@@ -10,6 +10,7 @@ decides.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from zmqbalance.errors import TimedOut, format_rid
@@ -34,6 +35,7 @@ class Attempts:
         rid: Rid,
         *,
         resend_on_timeout: bool = True,
+        warn: Callable[..., None] = log.warning,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
@@ -42,13 +44,14 @@ class Attempts:
         self.rid = rid
         self.resend_on_timeout = resend_on_timeout
         self.backoff = RETRY_BACKOFF
+        self.warn = warn  # how timeouts are logged; the asyncio client rate-limits them
 
     def __iter__(self) -> Any:
         return iter(range(self.retries + 1))
 
     def timed_out(self, attempt: int) -> None:
         """Log a timeout; raise TimedOut if the request must not be resent."""
-        log.warning(
+        self.warn(
             "no reply from %s within %s s for rid %s (attempt %d of %d)",
             self.endpoint,
             self.timeout,
