@@ -35,6 +35,7 @@ import asyncio
 import json
 import logging
 import re
+from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
@@ -262,7 +263,10 @@ class HttpGateway(Gateway):
         ]
         if self.stopping or connection.their_state is not h11.DONE:
             headers.append(("Connection", "close"))
-        events: list[Any] = [h11.Response(status_code=response.status, headers=headers)]
+        reason = HTTPStatus(response.status).phrase.encode()
+        events: list[Any] = [
+            h11.Response(status_code=response.status, headers=headers, reason=reason)
+        ]
         if not head:
             events.append(h11.Data(data=response.body))
         events.append(h11.EndOfMessage())
