@@ -210,7 +210,8 @@ class Server:
             worker.join(STOP_TIMEOUT)
         if self._lock is not None:
             self._lock.release()  # after the workers closed their journals
-        log.info("zmqbalance stopped")
+        if self.endpoint is not None:  # a server that never bound never started
+            log.info("zmqbalance stopped")
 
     def serve_forever(self) -> None:
         """Start, run until SIGINT or SIGTERM, then stop cleanly."""
