@@ -199,3 +199,46 @@ def test_refused_change_replays_with_flag(tmp_path: Path) -> None:
 
 def raw_request(endpoint: str, message: dict[str, Any]) -> dict[str, Any]:
     return request(zmq.Context.instance(), endpoint, message)
+
+
+def test_repartition_keeps_balances_and_rids(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = DurableServer(data_dir, ("--workers", "2", "--snapshot-bytes", "3000"))
+    server.start()
+    with Client(server.endpoint) as client:
+        for number in range(60):
+            client.plus_funds(f"move-{number % 12}", f"{number}.25", rid=f"move-rid-{number}")
+    assert server.process is not None
+    server.process.terminate()
+
+    moved = run_zmqbalance("repartition", str(data_dir), "--workers", "3")
+    refused = run_zmqbalance(
+        "serve", "--bind", "tcp://127.0.0.1:*", "--data-dir", str(data_dir), "--workers", "2"
+    )
+    server.args = ("--workers", "3")
+    server.start()
+    with Client(server.endpoint) as client:
+        totals = {f"move-{n}": client.balance(f"move-{n}") for n in range(12)}
+        replayed = client.plus_funds("move-5", "41.25", rid="move-rid-41")
+        after = client.balance("move-5")
+
+    assert moved.returncode == 0, moved.stdout
+    assert "2 workers -> 3 workers, 12 accounts" in moved.stdout
+    assert list(tmp_path.glob("data.before-repartition-*"))
+    assert refused.returncode == 2
+    assert "--workers 3" in refused.stderr
+    assert totals["move-0"].balance_text == "121.250000"  # 0, 12, 24, 36, 48, each plus 0.25
+    assert all(reply.count == 5 for reply in totals.values())
+    assert replayed.replay is True
+    assert after.count == 5
+
+
+def test_repartition_refused_while_server_runs(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = DurableServer(data_dir, ("--workers", "2"))
+    server.start()
+
+    result = run_zmqbalance("repartition", str(data_dir), "--workers", "4")
+
+    assert result.returncode == 1
+    assert "in use by another process" in result.stdout

@@ -17,6 +17,7 @@ from zmqbalance.datadir import DEFAULT_SNAPSHOT_BYTES
 from zmqbalance.errors import ZmqBalanceError
 from zmqbalance.journal import DEFAULT_SEGMENT_BYTES, FSYNC_MODES
 from zmqbalance.protocol import MAX_FRAME_BYTES
+from zmqbalance.repartition import repartition
 from zmqbalance.server import (
     DEFAULT_BIND,
     DEFAULT_DATA_DIR,
@@ -114,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="verify a data directory offline and summarize it")
     check.add_argument("directory", help="the data directory to check")
+    moving = commands.add_parser(
+        "repartition", help="rewrite a stopped server's data directory for another worker count"
+    )
+    moving.add_argument("directory", help="the data directory to rewrite")
+    moving.add_argument("--workers", type=int, required=True, help="the new number of workers")
 
     for name, help_text in (("plus-funds", "credit an account"), ("sub-funds", "debit an account")):
         change = commands.add_parser(name, help=help_text)
@@ -153,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
         return check_data_directory(Path(args.directory))
+    if args.command == "repartition":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        return repartition(Path(args.directory), args.workers)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return _run_client_command(args)

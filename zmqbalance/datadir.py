@@ -136,7 +136,8 @@ def open_meta(directory: Path, scale: int, workers: int) -> Meta:
         raise ConfigMismatch(
             f"data directory {directory} was created with --workers {meta.workers}; start with "
             f"--workers {meta.workers}, because each worker's journal holds only the accounts "
-            "it owns"
+            f"it owns; to change the count, stop the server and run: zmqbalance repartition "
+            f"{directory} --workers {workers}"
         )
     return meta
 
