@@ -153,6 +153,32 @@ def _credits_plan(credits: int, send: str, chunk: int) -> Callable[[int], Plan]:
 
 
 NO_BATCHES = "sends one change per request; batches and pipelining are not part of it"
+
+
+def _throughput_workload(
+    name: str,
+    description: str,
+    send: str,
+    credits: int,
+    chunk: int,
+    *,
+    quick_credits: int = 20_000,
+) -> Workload:
+    """Build a one-client workload of credits sent ``send``-wise, compared with Redis."""
+    return Workload(
+        name,
+        description,
+        "throughput",
+        full=_credits_plan(credits, send, chunk),
+        quick=_credits_plan(quick_credits, send, chunk),
+        clients=1,
+        quick_clients=1,
+        only_systems=THROUGHPUT_SYSTEMS,
+        skip_reason=NO_BATCHES,
+        baseline="redis",
+    )
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -203,56 +229,37 @@ WORKLOADS: dict[str, Workload] = {
             points=tuple((w, c) for w in FANOUT_WORKERS for c in FANOUT_CLIENTS),
             quick_points=((2, 2),),
         ),
-        Workload(
+        _throughput_workload(
             "batch",
             "one client, credits over 10,000 accounts in batches of 1,000"
             " (Redis: pipelines of 1,000 INCRBY)",
-            "throughput",
-            full=_credits_plan(1_000_000, "batch", BATCH_CHANGES),
-            quick=_credits_plan(20_000, "batch", BATCH_CHANGES),
-            clients=1,
-            quick_clients=1,
-            only_systems=THROUGHPUT_SYSTEMS,
-            skip_reason=NO_BATCHES,
-            baseline="redis",
+            "batch",
+            1_000_000,
+            BATCH_CHANGES,
         ),
-        Workload(
+        _throughput_workload(
             "batch-partitioned",
             "as batch, but each 1,000 split into one partitioned batch per worker",
-            "throughput",
-            full=_credits_plan(1_000_000, "partitioned", BATCH_CHANGES),
-            quick=_credits_plan(20_000, "partitioned", BATCH_CHANGES),
-            clients=1,
-            quick_clients=1,
-            only_systems=THROUGHPUT_SYSTEMS,
-            skip_reason=NO_BATCHES,
-            baseline="redis",
+            "partitioned",
+            1_000_000,
+            BATCH_CHANGES,
         ),
-        Workload(
+        _throughput_workload(
             "batch-pipelined",
             "one AsyncClient, partitioned batches of up to 5,000, all of a 40,000-change chunk"
             " in flight at once (Redis: pipelines of 1,000 INCRBY)",
-            "throughput",
-            full=_credits_plan(1_000_000, "pipelined-batches", PIPELINED_CHUNK),
-            quick=_credits_plan(20_000, "pipelined-batches", PIPELINED_CHUNK),
-            clients=1,
-            quick_clients=1,
-            only_systems=THROUGHPUT_SYSTEMS,
-            skip_reason=NO_BATCHES,
-            baseline="redis",
+            "pipelined-batches",
+            1_000_000,
+            PIPELINED_CHUNK,
         ),
-        Workload(
+        _throughput_workload(
             "pipeline",
             "one AsyncClient, single credits with up to 1,000 in flight"
             " (Redis: pipelines of 1,000 INCRBY)",
-            "throughput",
-            full=_credits_plan(100_000, "pipeline", PIPELINE_CHUNK),
-            quick=_credits_plan(5_000, "pipeline", PIPELINE_CHUNK),
-            clients=1,
-            quick_clients=1,
-            only_systems=THROUGHPUT_SYSTEMS,
-            skip_reason=NO_BATCHES,
-            baseline="redis",
+            "pipeline",
+            100_000,
+            PIPELINE_CHUNK,
+            quick_credits=5_000,
         ),
     )
 }
