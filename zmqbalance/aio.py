@@ -91,7 +91,7 @@ class AsyncClient:
         self.retries = retries
         self.context = context or zmq.Context.instance()
         self.in_flight = 0  # calls holding a window slot now
-        self.max_in_flight = 0  # the most calls that held a slot at once
+        self.max_in_flight = 0  # the maximum number of calls that held a slot at once
         self.late_replies = 0
         self.resends = 0  # frames sent again after a timeout
         # With a window of requests in flight, one restart times out all of them: log one
@@ -154,7 +154,7 @@ class AsyncClient:
     ) -> BatchResult:
         """Send ``changes`` in one request, as :meth:`zmqbalance.Client.batch` does.
 
-        After a timeout the batch is resent only when every change carries a rid; otherwise
+        After a timeout the batch is resent only when every change carries a rid. Otherwise
         the first timeout raises TimedOut, because the server may have applied the batch.
         """
         encoded, all_have_rids = encode_changes(changes)

@@ -1,8 +1,8 @@
 """The ``batch`` op: many changes in one request, each applied on its own.
 
-The broker splits a batch by owner (or, for a batch the client built for one partition, passes
-it whole to that worker), each worker applies its part in request order with the rest of its
-group and one fsync, and the broker gathers the parts into one reply. A change that fails
+The broker splits a batch by owner. A batch that the client built for one partition goes whole
+to that worker. Each worker applies its part in request order with the rest of its group and
+one fsync, and the broker gathers the parts into one reply. A change that fails
 (a bad amount, insufficient funds) fails alone; every other change is applied.
 
 A change on the wire is ``[op, account, amount]`` or ``[op, account, amount, rid]``. The reply
@@ -33,7 +33,7 @@ Part = tuple[int, int, "list[tuple[int, Any]] | None", bool, "bytes | None"]
 
 @dataclass
 class PartResult:
-    """What a worker reports for its part of a batch."""
+    """A worker's results for its part of a batch."""
 
     applied: int = 0
     failed: list[tuple[int, str, str]] = field(default_factory=list)
@@ -79,13 +79,13 @@ def _check_shape(change: Any) -> None:
 
 @dataclass
 class Gather:
-    """A batch waiting for its parts, kept by the broker until every worker has answered."""
+    """A batch waiting for its parts, kept by the broker until every worker has replied."""
 
     envelope: list[bytes]
     rid: Rid | None
     size: int
     detail: bool
-    pending: int = 0  # parts not answered yet
+    pending: int = 0  # parts with no reply yet
     sizes: dict[int, int] = field(default_factory=dict)  # changes sent to each worker
     applied: int = 0
     failed: list[Any] = field(default_factory=list)

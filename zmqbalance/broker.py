@@ -1,9 +1,10 @@
 """The ROUTER front end: validate each request, route it to the worker that owns its account.
 
 The broker thread owns the client-facing ROUTER socket and one inproc DEALER per worker. It
-decodes and validates every request (so workers receive only valid commands), answers ``ping``
-and every malformed request itself, and forwards each reply from a worker to the client as soon
-as it arrives, so a slow account never delays a reply for another worker's account.
+decodes and validates every request, so workers receive only valid commands. It replies to
+``ping`` and to every malformed request itself. It forwards each reply from a worker to the
+client as soon as it arrives, so a slow account never delays a reply for another worker's
+account.
 
 Routing is explicit: ``partition.owner_of(account)`` picks the worker. The broker takes every
 request that is waiting (up to FORWARD_BATCH), then sends each worker its share in one message;
@@ -59,9 +60,9 @@ from zmqbalance.worker import STOP, STOPPED, Command, has_message
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_MS = 100  # how often the loop checks for a stop request
-# Replies ZeroMQ queues for one client before a reply to it counts as undeliverable. Above the
-# AsyncClient's default window of 1,000 requests in flight, so a pipelining client that reads
-# its replies never loses one; a client that reads nothing costs at most this many.
+# Replies ZeroMQ queues for one client before a reply to it counts as undeliverable. It is ten
+# times the AsyncClient's default window of 1,000, so a pipelining client that reads its replies
+# does not lose one. A client that reads nothing costs at most this many queued replies.
 REPLIES_QUEUED_PER_CLIENT = 10_000
 FORWARD_BATCH = 256  # messages taken from one socket before the others get a turn
 MAX_ENVELOPE_FRAMES = 16  # routing frames before the delimiter; each proxy hop adds one
@@ -118,7 +119,7 @@ class Broker(threading.Thread):
         self.bind_error: Exception | None = None
         self.endpoint: str | None = None
         self._rate_limited = RateLimitedLog(log)
-        # Changes routed to each worker and not answered yet, counted when routed.
+        # Changes routed to each worker that have no reply yet, counted when routed.
         self.queued = [0] * len(worker_endpoints)
         self.gathers: dict[int, Gather] = {}  # batches waiting for their parts
         self._gather_ids = itertools.count()
@@ -199,7 +200,7 @@ class Broker(threading.Thread):
     def _route(
         self, router: zmq.Socket[bytes], frames: list[bytes], batches: list[list[Command]]
     ) -> None:
-        """Validate one request and add it to its owner's batch, or answer it here."""
+        """Validate one request and add it to its owner's batch, or reply to it here."""
         self.stats.requests += 1
         envelope, body, problem = split_envelope(frames)
         if body is None:
@@ -497,8 +498,8 @@ def split_envelope(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str]
     """Split a ROUTER message into its routing envelope and its single body frame.
 
     A REQ or DEALER peer sends ``[identity, b"", body]``; a DEALER that skips the delimiter sends
-    ``[identity, body]``. Anything else has no usable body: the envelope returned can still
-    carry an error reply, and the string says what was wrong.
+    ``[identity, body]``. Anything else has no usable body. The envelope returned can still
+    carry an error reply, and the string describes what was wrong.
     """
     try:
         delimiter = frames.index(b"", 1)

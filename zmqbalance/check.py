@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zmqbalance.datadir import DirectoryLock, Meta, describe_snapshot, read_meta, recover
+from zmqbalance.datadir import Meta, describe_snapshot, lock_existing, recover
 from zmqbalance.errors import StorageError
 from zmqbalance.ledger import Ledger
 from zmqbalance.money import format_units
@@ -18,8 +18,7 @@ from zmqbalance.money import format_units
 def check_data_directory(directory: Path) -> int:
     """Print a summary of ``directory``; return 0 if it is sound, 1 if it is damaged."""
     try:
-        meta = read_meta(directory)
-        lock = DirectoryLock(directory)
+        meta, lock = lock_existing(directory)
     except StorageError as exc:
         print(f"error: {exc}")
         return 1

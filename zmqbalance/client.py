@@ -152,7 +152,7 @@ class Client:
         worker's share over the server's limit of changes goes as several requests.
 
         The requests go one after another. If one raises (TimedOut, say), the requests before
-        it were applied; give every change a rid, so that calling again with the same changes
+        it were applied. Give every change a rid, so that calling again with the same changes
         applies each of them once.
         """
         if self._workers is None:
@@ -218,7 +218,7 @@ class Client:
                 return None
             reply = decode_reply(socket.recv())
             if reply.get("rid", rid) == rid:
-                # A reply without a rid answers this request too: the server leaves the rid out
+                # A reply without a rid belongs to this request too: the server leaves the rid out
                 # only when it could not read it, as with invalid_rid or bad_request.
                 return reply
             # Only possible with a reused socket: a reply to an earlier, abandoned request.

@@ -55,7 +55,7 @@ DEFAULT_SNAPSHOT_BYTES = 256 << 20  # journal bytes written before a worker take
 
 @dataclass
 class Meta:
-    """What a data directory was created with; a server must start with the same."""
+    """The settings a data directory was created with, which a server must start with."""
 
     format: int
     scale: int
@@ -65,7 +65,7 @@ class Meta:
 
 @dataclass
 class RecoveryReport:
-    """What recovering one worker found."""
+    """The findings of recovering one worker."""
 
     worker: int
     snapshot_seq: int = 0
@@ -80,8 +80,8 @@ class RecoveryReport:
 class DirectoryLock:
     """An exclusive lock on a data directory, so two processes never write its journals.
 
-    The lock is ``flock`` on ``DIR/lock``; the operating system releases it when the process
-    ends, however it ends, so a killed server never leaves a stale lock behind.
+    The lock is ``flock`` on ``DIR/lock``. The operating system releases it when the process
+    ends, even by SIGKILL, so a killed server leaves no stale lock behind.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -105,6 +105,12 @@ class DirectoryLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = -1
+
+
+def lock_existing(directory: Path) -> tuple[Meta, DirectoryLock]:
+    """Read an existing data directory's metadata and lock it, for the offline commands."""
+    meta = read_meta(directory)
+    return meta, DirectoryLock(directory)
 
 
 def open_meta(directory: Path, scale: int, workers: int) -> Meta:
@@ -290,8 +296,8 @@ class WorkerStore:
     def take_snapshot(self, ledger: Ledger) -> Path:
         """Snapshot ``ledger`` as of the last journaled change, then drop what it replaces.
 
-        The journal moves to a fresh segment first, so every older segment holds only
-        changes the snapshot includes; they are removed after the snapshot is durable.
+        The journal moves to a fresh segment first, so every older segment contains only
+        changes the snapshot includes. They are removed after the snapshot is durable.
         """
         current = self.journal.rotate()
         last_seq = self.journal.next_seq - 1

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 from zmqbalance.datadir import (
-    DirectoryLock,
+    lock_existing,
     open_meta,
-    read_meta,
     recover,
     worker_directory,
 )
@@ -37,8 +36,7 @@ def repartition(directory: Path, workers: int) -> int:
         print(f"error: --workers must be at least 1, got {workers}")
         return 2
     try:
-        meta = read_meta(directory)
-        lock = DirectoryLock(directory)
+        meta, lock = lock_existing(directory)
     except StorageError as exc:
         print(f"error: {exc}")
         return 1

@@ -51,7 +51,7 @@ class Balance:
 
 @dataclass(frozen=True)
 class ServerInfo:
-    """What ``ping`` reports: the partition function and the worker count clients route by."""
+    """The server's ``ping`` reply: the partition function and worker count clients route by."""
 
     workers: int
     scale: int
@@ -79,7 +79,7 @@ class BatchResult:
 
     ``failed`` lists (index, error code, message) of the changes that failed, indexes into the
     changes as the caller passed them. ``replayed`` lists the indexes whose rid the server had
-    already applied; their first outcome stands, and a replayed failure is in ``failed`` too.
+    already applied; their first outcome is the result, and a replayed failure is in ``failed`` too.
     ``results`` has one entry per change when the batch was sent with ``detail=True``.
     """
 
@@ -139,7 +139,7 @@ def encode_changes(changes: Iterable[Sequence[Any]]) -> tuple[list[Sequence[Any]
 
 
 def account_text(account: object) -> str:
-    """Return the account id the server sees for ``account`` (an int means its decimal string)."""
+    """Return the account id the server uses for ``account`` (an int means its decimal string)."""
     if isinstance(account, int) and not isinstance(account, bool):
         return str(account)
     return account if isinstance(account, str) else repr(account)

@@ -10,7 +10,7 @@ decides.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from zmqbalance.errors import TimedOut, format_rid
@@ -46,7 +46,7 @@ class Attempts:
         self.backoff = RETRY_BACKOFF
         self.warn = warn  # how timeouts are logged; the asyncio client rate-limits them
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[int]:
         return iter(range(self.retries + 1))
 
     def timed_out(self, attempt: int) -> None:

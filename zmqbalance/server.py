@@ -1,7 +1,7 @@
 """Wiring: build the ledgers, journals, workers and broker from a Config, start and stop them.
 
 Start order: workers bind their inproc sockets first, then the broker connects to them and
-binds the front end. Stop order: the broker stops taking requests, asks every worker to finish
+binds the front end. Stop order: the broker stops taking requests, tells every worker to finish
 what it has queued, forwards the last replies, and only then does the context terminate.
 """
 
@@ -43,7 +43,7 @@ DEFAULT_BIND = "tcp://127.0.0.1:7070"
 DEFAULT_WORKERS = 4
 DEFAULT_SCALE = 6
 DEFAULT_DATA_DIR = "zmqbalance-data"
-DEFAULT_QUEUE_MAX = 50_000  # changes queued per worker before the broker answers busy
+DEFAULT_QUEUE_MAX = 50_000  # changes queued per worker before the broker replies busy
 START_TIMEOUT = 10.0  # seconds to wait for every thread to report that it started
 STOP_TIMEOUT = 30.0  # seconds the workers get to finish their queues on shutdown
 TEST_HOOKS_VARIABLE = "ZMQBALANCE_TEST_HOOKS"
@@ -52,7 +52,7 @@ _server_ids = itertools.count()
 
 @dataclass
 class Config:
-    """Everything ``zmqbalance serve`` can be told."""
+    """The settings of ``zmqbalance serve``."""
 
     bind: str = DEFAULT_BIND
     workers: int = DEFAULT_WORKERS

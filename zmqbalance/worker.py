@@ -7,8 +7,8 @@ before the changes it could reveal are committed.
 
 Commands arrive from the broker already validated, many in one message (see :data:`Command`),
 and the replies of a group go back in one message, so that crossing between threads costs one
-socket call per batch rather than per command. A :data:`STOP` message asks the worker to finish
-what is queued before it and exit.
+socket call per batch rather than per command. A :data:`STOP` message makes the worker finish
+what is queued before it, then exit.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def has_message(socket: zmq.Socket[bytes]) -> bool:
 
 
 class Store(Protocol):
-    """Where a worker commits its groups: a data directory, or nothing for in-memory."""
+    """The storage a worker commits its groups to: a data directory, or nothing in memory."""
 
     durable: bool
 
@@ -68,7 +68,7 @@ class Store(Protocol):
 # A validated command on its way to a worker: the client's routing envelope, op, account,
 # amount in minor units, rid, debug_sleep seconds, and for a batch the worker's part of it.
 # The broker sends a worker a msgpack array of these in one message; the worker answers with
-# one array of (envelope, reply body), or (gather id, part results) for a batch part.
+# one array of (envelope, reply body) pairs, or (gather id, part results) for a batch part.
 Command = tuple[list[bytes], str, str, int, "Rid | None", float, "Part | None"]
 
 
@@ -109,7 +109,7 @@ class Worker(threading.Thread):
         try:
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.RCVHWM, self.queue_max)
-            socket.setsockopt(zmq.SNDHWM, 0)  # replies never wait on a full queue
+            socket.setsockopt(zmq.SNDHWM, 0)  # no high-water mark: a reply send never blocks
             socket.bind(self.endpoint)
             self.started.set()
             self._serve(socket)
@@ -182,7 +182,7 @@ class Worker(threading.Thread):
         try:
             self.store.take_snapshot(self.ledger)
         except OSError:
-            # The journal still holds every change, so the engine is safe without this
+            # The journal still contains every change, so the engine is safe without this
             # snapshot; recovery only takes longer. The next group tries again.
             log.exception("worker %d could not take a snapshot", self.index)
 
